@@ -1,0 +1,397 @@
+"""A trained importance-corrected JKO chain: drawing from it and evaluating its density.
+
+A chain is a Gaussian latent followed by layers, each either a CNF
+(:class:`CNFLayer`) or an importance rejection layer
+(:class:`~numpyro_jko.rejection.RejectionLayer`).  Every draw carries its energy
+``E = -log p`` (``p`` the chain's normalized density) and the target's log density
+``log g``, so importance weights ``log g + E`` come for free.
+
+Sampling through rejection layers has data-dependent sizes (a rejected point is
+replaced by a fresh draw from the layer below).  We keep every compiled function on
+a fixed chunk shape: each level of the chain is a *stream* with a small host-side
+buffer; a rejection layer takes a chunk of candidates from the stream below,
+counts its rejections ``k``, takes exactly ``k`` more draws from that stream as
+replacements (padded to the chunk shape), and fills them in.  Leftovers stay in the
+buffer for the next request, so nothing is wasted and nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from numpyro_jko import cnf as cnf_lib
+from numpyro_jko.rejection import RejectionLayer, acceptance_probability, energy_update
+
+__all__ = [
+    "CNFLayer",
+    "JKOChain",
+    "latent_energy",
+    "eval_logdensity",
+    "draw",
+    "sample",
+    "log_prob",
+]
+
+DEFAULT_CHUNK = 8192
+
+
+class CNFLayer(NamedTuple):
+    """Parameters of one trained CNF layer (its shape is the chain's ``spec``).
+
+    Examples
+    --------
+    >>> import jax
+    >>> from numpyro_jko.cnf import CNFSpec, init_velocity
+    >>> layer = CNFLayer(init_velocity(jax.random.key(0), CNFSpec(dim=2, hidden=8)))
+    >>> type(layer).__name__
+    'CNFLayer'
+    """
+
+    params: Any
+
+
+class JKOChain(NamedTuple):
+    """A trained chain of CNF and rejection layers over a Gaussian latent.
+
+    Attributes
+    ----------
+    logdensity_fn : callable
+        Unnormalized target log density of one flat vector; the rejection layers
+        evaluate it at sampling time.
+    spec : CNFSpec
+        Shape and solver shared by every CNF layer.
+    latent_mean : Array, shape (d,)
+    latent_scale : Array, scalar
+    layers : tuple
+        ``CNFLayer`` and ``RejectionLayer`` entries, bottom (latent side) first.
+    density_divergence : None or Hutchinson
+        How CNF log-determinants are computed when drawing: ``None`` is the exact
+        log-determinant of the solver map (see :func:`numpyro_jko.cnf.push_forward`).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from numpyro_jko.cnf import CNFSpec
+    >>> chain = JKOChain(lambda x: -0.5 * x @ x, CNFSpec(2, 8), jnp.zeros(2),
+    ...                  jnp.array(1.0), ())
+    >>> chain.dim
+    2
+    """
+
+    logdensity_fn: Callable
+    spec: cnf_lib.CNFSpec
+    latent_mean: jax.Array
+    latent_scale: jax.Array
+    layers: tuple = ()
+    density_divergence: Any = None
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def num_cnf(self) -> int:
+        return sum(isinstance(layer, CNFLayer) for layer in self.layers)
+
+    @property
+    def num_rejection(self) -> int:
+        return sum(isinstance(layer, RejectionLayer) for layer in self.layers)
+
+    def sampling_cost(self, rate: float | None = None) -> tuple[float, float]:
+        """Expected (latent draws, CNF solves) per output draw: ``1.2**#R`` growth.
+
+        Uses each layer's fitted ``rbar`` unless ``rate`` is given.
+        """
+        latent, solves = 1.0, 0.0
+        for layer in self.layers:
+            if isinstance(layer, CNFLayer):
+                solves += latent
+            else:
+                factor = 1.0 + (float(layer.rbar) if rate is None else rate)
+                latent, solves = latent * factor, solves * factor
+        return latent, solves
+
+
+def latent_energy(x, mean, scale):
+    """``-log N(x; mean, scale^2 I)`` per row of ``x``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> round(float(latent_energy(jnp.zeros((1, 2)), jnp.zeros(2), 1.0)[0]), 4)
+    1.8379
+    """
+    dim = x.shape[-1]
+    eps = (x - mean) / scale
+    return 0.5 * jnp.sum(eps * eps, axis=-1) + dim * (
+        0.5 * math.log(2 * math.pi) + jnp.log(scale)
+    )
+
+
+def eval_logdensity(logdensity_fn, x):
+    """Target log density of each row of ``x``; NaN is mapped to ``-inf``.
+
+    A NaN density can only come from a numerical failure of the target; treating it
+    as zero density means rejection layers never keep such a point and importance
+    weights give it weight 0.  Callers that must *report* such points compare with
+    ``jnp.isfinite``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> eval_logdensity(lambda v: -jnp.sum(v**2), jnp.ones((2, 3))).tolist()
+    [-3.0, -3.0]
+    """
+    values = jax.vmap(logdensity_fn)(x)
+    return jnp.where(jnp.isnan(values), -jnp.inf, values)
+
+
+# ----------------------------------------------------------------------------------
+# Jitted per-chunk operations. Static arguments are hashable (functions by identity,
+# specs by value), so every chunk of every call reuses one compiled program.
+
+
+@partial(jax.jit, static_argnames=("logdensity_fn", "dim", "size"))
+def _latent_chunk(rng_key, mean, scale, *, logdensity_fn, dim, size):
+    eps = jax.random.normal(rng_key, (size, dim), dtype=mean.dtype)
+    x = mean + scale * eps
+    energy = latent_energy(x, mean, scale)
+    return x, energy, eval_logdensity(logdensity_fn, x)
+
+
+@partial(jax.jit, static_argnames=("logdensity_fn", "spec", "divergence"))
+def _cnf_chunk(rng_key, params, x, energy, *, logdensity_fn, spec, divergence):
+    y, logdet = cnf_lib.push_forward(spec, params, x, divergence, rng_key)
+    return y, energy + logdet, eval_logdensity(logdensity_fn, y)
+
+
+@jax.jit
+def _rejection_mask(rng_key, energy, log_g, log_c):
+    alpha = acceptance_probability(log_g + energy, log_c)
+    return jax.random.uniform(rng_key, alpha.shape, alpha.dtype) >= alpha
+
+
+@jax.jit
+def _rejection_fill(candidates, replacements, rejected, layer):
+    # The j-th rejected candidate takes the j-th replacement (replacements are
+    # i.i.d., so any fixed assignment is valid).
+    index = jnp.clip(jnp.cumsum(rejected) - 1, 0, None)
+    out = [
+        jnp.where(rejected.reshape((-1,) + (1,) * (c.ndim - 1)), r[index], c)
+        for c, r in zip(candidates, replacements, strict=True)
+    ]
+    x, energy, log_g = out
+    return x, energy_update(energy, log_g + energy, layer), log_g
+
+
+class _Stream:
+    """Host-side buffer of draws from one level of a chain (see module docstring)."""
+
+    def __init__(self, chain: JKOChain, level: int, rng_key, size: int, below):
+        self.chain, self.level, self.size, self.below = chain, level, size, below
+        self.key = jax.random.fold_in(rng_key, level)
+        self.count = 0
+        self.buffer = None
+
+    def _next_key(self):
+        self.count += 1
+        return jax.random.fold_in(self.key, self.count)
+
+    def _produce(self):
+        chain, size = self.chain, self.size
+        if self.level == 0:
+            return _latent_chunk(
+                self._next_key(),
+                chain.latent_mean,
+                chain.latent_scale,
+                logdensity_fn=chain.logdensity_fn,
+                dim=chain.dim,
+                size=size,
+            )
+        layer = chain.layers[self.level - 1]
+        candidates = tuple(jnp.asarray(a) for a in self.below.take(size))
+        if isinstance(layer, CNFLayer):
+            return _cnf_chunk(
+                self._next_key(),
+                layer.params,
+                *candidates[:2],
+                logdensity_fn=chain.logdensity_fn,
+                spec=chain.spec,
+                divergence=chain.density_divergence,
+            )
+        rejected = _rejection_mask(
+            self._next_key(), candidates[1], candidates[2], layer.log_c
+        )
+        num_rejected = int(jnp.sum(rejected))
+        replacements = self.below.take(num_rejected)
+        padded = tuple(
+            jnp.asarray(np.concatenate([r, np.zeros_like(c[: size - num_rejected])]))
+            for r, c in zip(replacements, candidates, strict=True)
+        )
+        return _rejection_fill(candidates, padded, rejected, layer)
+
+    def take(self, n: int):
+        while self.buffer is None or len(self.buffer[0]) < n:
+            chunk = tuple(np.asarray(a) for a in self._produce())
+            if self.buffer is None:
+                self.buffer = chunk
+            else:
+                self.buffer = tuple(
+                    np.concatenate([b, c])
+                    for b, c in zip(self.buffer, chunk, strict=True)
+                )
+        out = tuple(b[:n] for b in self.buffer)
+        self.buffer = tuple(b[n:] for b in self.buffer)
+        return out
+
+
+def _chunk_shape(n: int, chunk_size: int | None) -> int:
+    # Powers of two from 256 up to the chunk size: a handful of compiled shapes
+    # serve every request size (a new shape per request would recompile).
+    limit = int(chunk_size or DEFAULT_CHUNK)
+    return min(limit, max(256, 1 << max(int(n) - 1, 0).bit_length()))
+
+
+def draw(rng_key, chain: JKOChain, num_samples: int, chunk_size: int | None = None):
+    """Draw ``(x, energy, log_g)`` as NumPy arrays: positions, ``-log p``, ``log g``.
+
+    The workhorse behind :func:`sample`; ``log_g`` is returned so that importance
+    weights need no second evaluation of the target.  Memory is bounded by a few
+    chunks per layer plus the output.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro_jko.cnf import CNFSpec
+    >>> chain = JKOChain(lambda x: -0.5 * x @ x, CNFSpec(2, 8), jnp.zeros(2),
+    ...                  jnp.array(1.0))
+    >>> x, energy, log_g = draw(jax.random.key(0), chain, 5)
+    >>> x.shape, energy.shape, log_g.shape
+    ((5, 2), (5,), (5,))
+    """
+    size = _chunk_shape(num_samples, chunk_size)
+    stream = None
+    for level in range(len(chain.layers) + 1):
+        stream = _Stream(chain, level, rng_key, size, stream)
+    return stream.take(num_samples)
+
+
+def _warn_nonfinite(log_g) -> int:
+    bad = int(np.sum(~np.isfinite(log_g)))
+    if bad:
+        warnings.warn(
+            f"{bad} of {len(log_g)} draws have a non-finite target log density (NaN "
+            "or -inf); they are returned (they are valid draws of the chain) but get "
+            "zero importance weight. Check the target where the chain puts mass.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return bad
+
+
+def sample(rng_key, chain: JKOChain, num_samples: int, chunk_size: int | None = None):
+    """Draw i.i.d. samples and the chain's normalized log density at each.
+
+    Parameters
+    ----------
+    rng_key : jax.random key
+    chain : JKOChain
+    num_samples : int
+    chunk_size : int, optional
+        Draws processed per compiled call (default 8192): bounds memory, so 10**6
+        draws work.
+
+    Returns
+    -------
+    x : Array, shape (num_samples, d)
+    log_p : Array, shape (num_samples,)
+        ``log p(x)`` of the chain (the rejection-layer corrections included).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro_jko.cnf import CNFSpec
+    >>> chain = JKOChain(lambda x: -0.5 * x @ x, CNFSpec(2, 8), jnp.zeros(2),
+    ...                  jnp.array(1.0))
+    >>> x, log_p = sample(jax.random.key(0), chain, 1000)
+    >>> x.shape, log_p.shape
+    ((1000, 2), (1000,))
+    """
+    x, energy, log_g = draw(rng_key, chain, num_samples, chunk_size)
+    _warn_nonfinite(log_g)
+    return jnp.asarray(x), -jnp.asarray(energy)
+
+
+_logdensity_chunk = jax.jit(eval_logdensity, static_argnums=0)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _pull_back_chunk(params, y, *, spec):
+    return cnf_lib.pull_back(spec, params, y)
+
+
+@partial(jax.jit, static_argnames=("spec", "divergence"))
+def _logdet_chunk(rng_key, params, x, *, spec, divergence):
+    return cnf_lib.push_forward(spec, params, x, divergence, rng_key)[1]
+
+
+def log_prob(chain: JKOChain, x, chunk_size: int | None = None, rng_key=None):
+    """The chain's normalized log density at arbitrary points ``x`` of shape (n, d).
+
+    Pulls ``x`` back through every CNF (reverse solve plus Newton refinement, see
+    :func:`numpyro_jko.cnf.pull_back`), then accumulates forward: the latent energy,
+    each CNF's log-determinant and each rejection layer's ``-log(alpha + rbar)``.
+    Agrees with the ``log_p`` returned by :func:`sample` at the same points.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro_jko.cnf import CNFSpec
+    >>> chain = JKOChain(lambda x: -0.5 * x @ x, CNFSpec(2, 8), jnp.zeros(2),
+    ...                  jnp.array(1.0))
+    >>> round(float(log_prob(chain, jnp.zeros((1, 2)))[0]), 4)
+    -1.8379
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[-1] != chain.dim:
+        raise ValueError(f"x must have shape (n, {chain.dim}); got {x.shape}.")
+    n = x.shape[0]
+    size = _chunk_shape(n, chunk_size)
+    key = jax.random.key(0) if rng_key is None else rng_key
+    out = []
+    for start in range(0, n, size):
+        block = x[start : start + size]
+        pad = size - block.shape[0]
+        block = jnp.concatenate([block, jnp.repeat(block[:1], pad, axis=0)])
+        positions = [block]
+        for layer in reversed(chain.layers):
+            if isinstance(layer, CNFLayer):
+                positions.append(
+                    _pull_back_chunk(layer.params, positions[-1], spec=chain.spec)
+                )
+            else:
+                positions.append(positions[-1])
+        positions.reverse()  # positions[i] is the input of layer i
+        energy = latent_energy(positions[0], chain.latent_mean, chain.latent_scale)
+        for i, layer in enumerate(chain.layers):
+            if isinstance(layer, CNFLayer):
+                energy = energy + _logdet_chunk(
+                    jax.random.fold_in(key, i),
+                    layer.params,
+                    positions[i],
+                    spec=chain.spec,
+                    divergence=chain.density_divergence,
+                )
+            else:
+                log_g = _logdensity_chunk(chain.logdensity_fn, positions[i])
+                energy = energy_update(energy, log_g + energy, layer)
+        out.append(-energy[: size - pad])
+    return jnp.concatenate(out)

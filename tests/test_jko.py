@@ -1,0 +1,145 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from numpyro_jko import evidence, jko, metrics, targets
+from numpyro_jko.chain import CNFLayer, JKOChain, draw
+from numpyro_jko.cnf import CNFSpec, init_velocity
+from numpyro_jko.rejection import fit_rejection
+
+TINY = jko.JKOConfig(
+    num_particles=1024,
+    num_cnf=1,
+    num_blocks=1,
+    rejections_per_block=2,
+    num_iterations=20,
+    batch_size=128,
+    iterations_per_update=10,
+)
+
+
+def _random_chain(dim, logdensity_fn, with_rejection, key):
+    """A chain with random (non-identity) CNFs and fitted rejection layers."""
+    spec = CNFSpec(dim=dim, hidden=16)
+    layers = []
+    for i in range(2):
+        params = init_velocity(jax.random.fold_in(key, i), spec)
+        params = jax.tree.map(
+            lambda a: (
+                a + 0.1 * jax.random.normal(jax.random.fold_in(key, 10 + i), a.shape)
+            ),
+            params,
+        )
+        layers.append(CNFLayer(params))
+    chain = JKOChain(logdensity_fn, spec, jnp.zeros(dim), jnp.array(1.0), tuple(layers))
+    if with_rejection:
+        for j in range(2):
+            x, energy, log_g = draw(jax.random.fold_in(key, 100 + j), chain, 4096)
+            layer = fit_rejection(jnp.asarray(log_g + energy), 0.2)
+            chain = chain._replace(layers=chain.layers + (layer,))
+    return chain
+
+
+@pytest.mark.parametrize("dim", [2, 10])
+@pytest.mark.parametrize("with_rejection", [False, True])
+def test_log_prob_matches_sample(key, dim, with_rejection):
+    target = targets.gaussian_mixture(jnp.stack([jnp.ones(dim), -jnp.ones(dim)]), 0.5)
+    chain = _random_chain(dim, target.logdensity_fn, with_rejection, key)
+    x, log_p = jko.sample(jax.random.fold_in(key, 7), chain, 300)
+    np.testing.assert_allclose(jko.log_prob(chain, x), log_p, rtol=1e-4, atol=5e-4)
+
+
+def test_sample_is_normalized_density(key):
+    # The tracked density of a random chain integrates to 1: importance sampling of
+    # a normalized target from it gives log Z = 0 within its standard error.
+    target = targets.gaussian_mixture(jnp.array([[0.5, 0.0], [-0.5, 0.5]]), 0.5)
+    chain = _random_chain(2, target.logdensity_fn, True, key)
+    x, energy, log_g = draw(jax.random.fold_in(key, 3), chain, 40000)
+    est = evidence.log_evidence(log_g, -energy)
+    assert abs(est.log_Z) < 4 * est.log_Z_se + 1e-3
+
+
+def test_same_key_same_draws(key):
+    target = targets.shifted_eight_modes()
+    chain, _ = jko.fit(key, target.logdensity_fn, 2, TINY, progress_bar=False)
+    a = jko.sample(jax.random.key(3), chain, 500)
+    b = jko.sample(jax.random.key(3), chain, 500)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    c = jko.sample(jax.random.key(4), chain, 500)
+    assert not np.array_equal(a[0], c[0])
+    chain2, _ = jko.fit(key, target.logdensity_fn, 2, TINY, progress_bar=False)
+    np.testing.assert_array_equal(jko.sample(jax.random.key(3), chain2, 500)[0], a[0])
+
+
+def test_training_and_sampling_do_not_retrace(key):
+    def counted():
+        traces = []
+
+        def logdensity_fn(x):
+            traces.append(1)  # runs once per trace, never per evaluation
+            return -0.5 * jnp.sum(x**2)
+
+        return logdensity_fn, traces
+
+    # A fresh function per fit, so module-level compile caches cannot hide traces.
+    fn2, traces2 = counted()
+    jko.fit(key, fn2, 2, TINY._replace(num_cnf=2, num_blocks=0), progress_bar=False)
+    fn4, traces4 = counted()
+    chain, _ = jko.fit(
+        key, fn4, 2, TINY._replace(num_cnf=4, num_blocks=0), progress_bar=False
+    )
+    assert len(traces2) == len(traces4)  # more CNFs of the same shape: no new trace
+    before = len(traces4)
+    jko.sample(jax.random.key(1), chain, 1000)
+    first = len(traces4)
+    jko.sample(jax.random.key(2), chain, 1000)
+    assert len(traces4) == first and first - before <= 2
+
+
+def test_wrong_shape_is_rejected_before_training(key):
+    with pytest.raises(ValueError, match=r"to a scalar; it returned shape \(2,\)"):
+        jko.fit(key, lambda x: -(x**2), 2, TINY, progress_bar=False)
+
+
+def test_nonfinite_everywhere_is_rejected(key):
+    with pytest.raises(ValueError, match="not finite at any"):
+        jko.fit(key, lambda x: jnp.nan * jnp.sum(x), 2, TINY, progress_bar=False)
+
+
+def test_nonfinite_draws_are_reported(key):
+    # Zero density on a half-plane: draws there are counted and reported.
+    def logdensity_fn(x):
+        return jnp.where(x[0] > -0.5, -0.5 * jnp.sum(x**2), -jnp.inf)
+
+    chain = JKOChain(logdensity_fn, CNFSpec(2, 8), jnp.zeros(2), jnp.array(1.0))
+    with pytest.warns(RuntimeWarning, match="non-finite target log density"):
+        jko.sample(key, chain, 2000)
+    x, energy, log_g = draw(key, chain, 2000)
+    with pytest.warns(RuntimeWarning, match="NaN log weight"):
+        est = evidence.log_evidence(
+            np.where(np.isfinite(log_g), log_g, np.nan), -energy
+        )
+    assert est.num_nan == int(np.sum(~np.isfinite(log_g))) and np.isfinite(est.log_Z)
+
+
+def test_chunked_sampling_handles_many_draws(key):
+    chain = _random_chain(2, targets.shifted_eight_modes().logdensity_fn, True, key)
+    x, log_p = jko.sample(key, chain, 20000, chunk_size=1024)
+    assert x.shape == (20000, 2) and bool(jnp.all(jnp.isfinite(log_p)))
+
+
+@pytest.mark.slow
+def test_mixture_log_z_and_mode_weights(key):
+    """Normalized 3-mode mixture: log Z = 0 within 3 se; mode weights within MC error."""
+    means = jnp.array([[-1.5, 0.0], [1.5, 0.0], [0.0, 1.5]])
+    target = targets.gaussian_mixture(means, 0.09, weights=jnp.array([0.5, 0.3, 0.2]))
+    config = jko.JKOConfig(num_particles=8192, num_iterations=400, num_blocks=3)
+    chain, _ = jko.fit(key, target.logdensity_fn, 2, config, progress_bar=False)
+    x, energy, log_g = draw(jax.random.fold_in(key, 1), chain, 40000)
+    est = evidence.log_evidence(log_g, -energy)
+    assert abs(est.log_Z) < 3 * est.log_Z_se + 1e-3, est
+    w = np.asarray(metrics.mode_weights(x, means))
+    sd = np.sqrt(np.array([0.5, 0.3, 0.2]) * (1 - np.array([0.5, 0.3, 0.2])) / len(x))
+    np.testing.assert_array_less(np.abs(w - np.array([0.5, 0.3, 0.2])), 4 * sd + 0.01)
