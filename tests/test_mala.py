@@ -132,7 +132,17 @@ def test_exact_flow_is_always_accepted():
     assert bool(jnp.all(infos.global_accepted))
 
 
-def test_kernel_does_not_retrace():
+@pytest.mark.parametrize(
+    "num_local_steps, use_flow, call_sites",
+    [(1, True, 2), (4, True, 2), (1, False, 1)],
+)
+def test_kernel_does_not_retrace(num_local_steps, use_flow, call_sites):
+    """The target is traced once per call site, and never again.
+
+    With the global move on there are two call sites (the MALA proposal, inside
+    a scan over local steps, and the flow proposal); plain MALA has one, which
+    also shows that a MALA step evaluates ``value_and_grad`` only once.
+    """
     num_traces = 0
 
     def logdensity_fn(x):
@@ -141,7 +151,7 @@ def test_kernel_does_not_retrace():
         return -0.5 * jnp.sum(x**2)
 
     flow = CouplingFlow(dim=2, num_layers=2, hidden=(8,))
-    kernel = mala.build_kernel(flow)
+    kernel = mala.build_kernel(flow if use_flow else None, num_local_steps)
     states = init_ensemble(jnp.zeros((8, 2)), standard_normal_logdensity)
 
     @jax.jit
@@ -155,8 +165,9 @@ def test_kernel_does_not_retrace():
         # structure, so they must not trigger a retrace.
         flow_params = gaussian_flow_params(flow, jnp.full(2, 0.1 * i), jnp.ones(2))
         states, _ = step(jax.random.key(i), states, flow_params, 0.5 + 0.1 * i)
-    # One trace per call site (the MALA proposal and the flow proposal).
-    assert num_traces <= 2
+        if i == 0:
+            assert num_traces == call_sites
+    assert num_traces == call_sites
 
 
 def test_same_key_same_output():
