@@ -25,6 +25,7 @@ an optax optimizer passed in by the caller (:func:`make_train_step`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -157,15 +158,21 @@ class _Conditioner(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        # Full-precision matmuls: on GPUs the float32 default may be TF32, and
+        # then forward and inverse passes are no longer inverses to ~1e-6,
+        # which would bias the flow densities entering the MH ratio. These MLPs
+        # are small next to a typical target, so the cost is minor.
+        dense = functools.partial(
+            nn.Dense, param_dtype=self.param_dtype, precision=jax.lax.Precision.HIGHEST
+        )
         for width in self.hidden:
-            x = nn.silu(nn.Dense(width, param_dtype=self.param_dtype)(x))
+            x = nn.silu(dense(width)(x))
         # Zero-initialised output: every layer starts as the identity, so an
         # untrained flow is exactly the standardised Gaussian.
-        out = nn.Dense(
+        out = dense(
             2 * self.out_dim,
             kernel_init=nn.initializers.zeros,
             bias_init=nn.initializers.zeros,
-            param_dtype=self.param_dtype,
         )(x)
         return jnp.split(out, 2, axis=-1)
 
