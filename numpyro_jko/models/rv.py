@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.scipy.special import gammaln
+from numpyro.distributions import constraints
 
 __all__ = [
     "RV_DATASETS",
@@ -234,6 +236,49 @@ def rv_curve(t, period, K, e, omega, phase, t_ref=0.0):
 # NumPyro model builder
 # ---------------------------------------------------------------------------
 
+
+class _IsotropicRing(dist.Distribution):
+    """Isotropic distribution on R^2 whose squared radius is Gamma(k, rate=k).
+
+    The angle ``atan2(v[1], v[0])`` is exactly uniform for any ``k``. With
+    ``k > 1`` the density vanishes at the origin like ``|v|**(2k - 2)`` and the
+    radius concentrates around 1 (sd about ``1 / (2 sqrt(k))``), so a
+    well-constrained angle is a short, nearly straight ray segment instead of a
+    wedge reaching into the origin, where it narrows to nothing (a funnel that
+    makes NUTS diverge and under-explore small radii). ``k = 1`` gives
+    ``Normal(0, 1/sqrt(2))`` per coordinate.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    reparametrized_params = []
+
+    def __init__(self, concentration, batch_shape=(), *, validate_args=None):
+        self.concentration = float(concentration)
+        super().__init__(
+            batch_shape=tuple(batch_shape),
+            event_shape=(2,),
+            validate_args=validate_args,
+        )
+
+    def sample(self, key, sample_shape=()):
+        shape = tuple(sample_shape) + self.batch_shape
+        k = self.concentration
+        key_r, key_a = jax.random.split(key)
+        r = jnp.sqrt(jax.random.gamma(key_r, k, shape) / k)
+        angle = jax.random.uniform(key_a, shape, minval=-_PI, maxval=_PI)
+        return jnp.stack([r * jnp.cos(angle), r * jnp.sin(angle)], axis=-1)
+
+    def log_prob(self, value):
+        # p(v) = Gamma(|v|^2; k, k) / pi, since the area element is
+        # d(|v|^2) d(angle) / 2 and the angle density is 1 / (2 pi).
+        k = self.concentration
+        r2 = jnp.sum(value**2, axis=-1)
+        return (
+            (k - 1.0) * jnp.log(r2) - k * r2 + k * np.log(k) - gammaln(k) - np.log(_PI)
+        )
+
+
 # Sentinel telling the built model to use the data it was built with: ``None``
 # must stay available to mean "sample the observations" (prior predictive).
 _USE_DATA = object()
@@ -283,6 +328,7 @@ def keplerian_model(
     offset_scale=None,
     jitter_log_scale=2.0,
     e_max=0.99,
+    phase_concentration=8.0,
     marginalize_offsets=False,
 ):
     """Build a NumPyro model of radial velocities with ``num_planets`` planets.
@@ -321,13 +367,18 @@ def keplerian_model(
         radius ``sqrt(e_max)``. The map is smooth at ``e = 0``, has no hard
         wall at ``e_max`` and no angle wrap.
     ``phase_vec``, shape ``(num_planets, 2)``
-        ``Normal(0, 1)`` on each entry (a standard-normal factor on the radius,
-        as in Gabrié et al.'s Kepler example); the angle
-        ``lambda = atan2(phase_vec[:, 1], phase_vec[:, 0])`` is uniform on
-        ``(-pi, pi]`` with no wrap. ``lambda`` is the *mean longitude* at
-        ``t_ref``, ``lambda = phase + omega``: sampling it instead of the mean
-        anomaly removes the strong ``phase``-``omega`` correlation of nearly
-        circular orbits, where only their sum is constrained.
+        An isotropic density on R^2 with ``|phase_vec|**2 ~ Gamma(k, rate=k)``,
+        ``k = phase_concentration``, i.e. ``p(v) = Gamma(|v|**2; k, k) / pi``.
+        The angle ``lambda = atan2(phase_vec[:, 1], phase_vec[:, 0])`` is
+        exactly uniform on ``(-pi, pi]`` and has no wrap, as in Gabrié et al.'s
+        Kepler example (an unconstrained 2-vector with a radial factor). The
+        radius is a nuisance; unlike a standard-normal radius (``k = 1``,
+        up to scale), ``k = 8`` keeps it near 1 and away from the origin, where
+        a well-measured angle would otherwise form a narrowing wedge that makes
+        NUTS diverge. ``lambda`` is the *mean longitude* at ``t_ref``,
+        ``lambda = phase + omega``: sampling it instead of the mean anomaly
+        removes the strong ``phase``-``omega`` correlation of nearly circular
+        orbits, where only their sum is constrained.
     ``log_K``, shape ``(num_planets,)``
         ``Uniform(log(K_lo), log(K_hi))``, i.e. ``K`` log-uniform on
         ``K_bounds``.
@@ -387,6 +438,9 @@ def keplerian_model(
         Standard deviation of the Normal prior on each log jitter.
     e_max : float, default 0.99
         Upper bound of the eccentricity, ``0 < e_max < 1``.
+    phase_concentration : float, default 8.0
+        Shape ``k >= 1`` of the Gamma law of ``|phase_vec|**2`` (see above).
+        It does not change the prior of any physical parameter.
     marginalize_offsets : bool, default False
         Integrate the offsets out analytically (see above).
 
@@ -427,6 +481,8 @@ def keplerian_model(
         raise ValueError(f"e_max must be in (0, 1); got {e_max}")
     if jitter_log_scale <= 0:
         raise ValueError("jitter_log_scale must be > 0")
+    if phase_concentration < 1:
+        raise ValueError("phase_concentration must be >= 1")
 
     codes_np, names = _encode_instruments(instrument, n)
     n_inst = len(names)
@@ -467,9 +523,13 @@ def keplerian_model(
                 log_p_lo
                 + (log_p_hi - log_p_lo) * jnp.cumsum(spacings[..., :-1], axis=-1),
             )
-            std2 = dist.Normal(0.0, 1.0).expand([num_planets, 2]).to_event(2)
-            ecc_vec = numpyro.sample("ecc_vec", std2)
-            phase_vec = numpyro.sample("phase_vec", std2)
+            ecc_vec = numpyro.sample(
+                "ecc_vec", dist.Normal(0.0, 1.0).expand([num_planets, 2]).to_event(2)
+            )
+            phase_vec = numpyro.sample(
+                "phase_vec",
+                _IsotropicRing(phase_concentration, (num_planets,)).to_event(1),
+            )
             log_K = numpyro.sample(
                 "log_K",
                 dist.Uniform(np.log(k_lo), np.log(k_hi))
