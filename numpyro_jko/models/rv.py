@@ -80,7 +80,10 @@ def _refine(E, M, e):
     return E + d5
 
 
+# Jitted so that eager calls (e.g. while NumPyro traces a model) compile one
+# small program instead of dispatching dozens of separate primitives.
 @jax.custom_jvp
+@jax.jit
 def _kepler(M, e):
     # Reduce to [-pi, pi] and solve for |M| on [0, pi]: the starter is built for
     # that interval, and E(-M) = -E(M), E(M + 2 pi k) = E(M) + 2 pi k.
@@ -246,7 +249,9 @@ class _IsotropicRing(dist.Distribution):
     well-constrained angle is a short, nearly straight ray segment instead of a
     wedge reaching into the origin, where it narrows to nothing (a funnel that
     makes NUTS diverge and under-explore small radii). ``k = 1`` gives
-    ``Normal(0, 1/sqrt(2))`` per coordinate.
+    ``Normal(0, 1/sqrt(2))`` per coordinate. ``k`` is an integer so that
+    ``|v|**2`` can be drawn as a sum of ``k`` exponentials: JAX's general gamma
+    sampler is a loop that takes seconds to compile.
     """
 
     arg_constraints = {}
@@ -254,7 +259,7 @@ class _IsotropicRing(dist.Distribution):
     reparametrized_params = []
 
     def __init__(self, concentration, batch_shape=(), *, validate_args=None):
-        self.concentration = float(concentration)
+        self.concentration = int(concentration)
         super().__init__(
             batch_shape=tuple(batch_shape),
             event_shape=(2,),
@@ -265,7 +270,8 @@ class _IsotropicRing(dist.Distribution):
         shape = tuple(sample_shape) + self.batch_shape
         k = self.concentration
         key_r, key_a = jax.random.split(key)
-        r = jnp.sqrt(jax.random.gamma(key_r, k, shape) / k)
+        r2 = jnp.sum(jax.random.exponential(key_r, shape + (k,)), axis=-1) / k
+        r = jnp.sqrt(r2)
         angle = jax.random.uniform(key_a, shape, minval=-_PI, maxval=_PI)
         return jnp.stack([r * jnp.cos(angle), r * jnp.sin(angle)], axis=-1)
 
@@ -277,6 +283,22 @@ class _IsotropicRing(dist.Distribution):
         return (
             (k - 1.0) * jnp.log(r2) - k * r2 + k * np.log(k) - gammaln(k) - np.log(_PI)
         )
+
+
+class _FlatDirichlet(dist.Dirichlet):
+    """``Dirichlet(1, ..., 1)`` sampled as normalised exponentials.
+
+    Same density and support as the parent class; only ``sample`` differs, to
+    avoid compiling JAX's gamma sampler (seconds) when a model is first traced.
+    """
+
+    def __init__(self, dim, *, validate_args=None):
+        super().__init__(jnp.ones(dim), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        shape = tuple(sample_shape) + self.batch_shape + self.event_shape
+        x = jax.random.exponential(key, shape)
+        return x / jnp.sum(x, axis=-1, keepdims=True)
 
 
 # Sentinel telling the built model to use the data it was built with: ``None``
@@ -328,7 +350,7 @@ def keplerian_model(
     offset_scale=None,
     jitter_log_scale=2.0,
     e_max=0.99,
-    phase_concentration=8.0,
+    phase_concentration=8,
     marginalize_offsets=False,
 ):
     """Build a NumPyro model of radial velocities with ``num_planets`` planets.
@@ -438,9 +460,9 @@ def keplerian_model(
         Standard deviation of the Normal prior on each log jitter.
     e_max : float, default 0.99
         Upper bound of the eccentricity, ``0 < e_max < 1``.
-    phase_concentration : float, default 8.0
-        Shape ``k >= 1`` of the Gamma law of ``|phase_vec|**2`` (see above).
-        It does not change the prior of any physical parameter.
+    phase_concentration : int, default 8
+        Shape ``k >= 1`` (an integer) of the Gamma law of ``|phase_vec|**2``
+        (see above). It does not change the prior of any physical parameter.
     marginalize_offsets : bool, default False
         Integrate the offsets out analytically (see above).
 
@@ -481,8 +503,10 @@ def keplerian_model(
         raise ValueError(f"e_max must be in (0, 1); got {e_max}")
     if jitter_log_scale <= 0:
         raise ValueError("jitter_log_scale must be > 0")
-    if phase_concentration < 1:
-        raise ValueError("phase_concentration must be >= 1")
+    if int(phase_concentration) != phase_concentration or phase_concentration < 1:
+        raise ValueError(
+            f"phase_concentration must be an integer >= 1; got {phase_concentration}"
+        )
 
     codes_np, names = _encode_instruments(instrument, n)
     n_inst = len(names)
@@ -509,20 +533,63 @@ def keplerian_model(
     onehot = (codes_np[:, None] == np.arange(n_inst)[None, :]).astype(np.float64)
     log_p_lo, log_p_hi = np.log(p_lo), np.log(p_hi)
 
+    # The numerical parts are pure functions, jitted so that eager model calls
+    # (NumPyro's initialisation traces and differentiates the model outside of
+    # jit) compile a few programs instead of every primitive one by one; under
+    # an outer jit they are simply inlined.
+    @jax.jit
+    def planet_terms(spacings, ecc_vec, phase_vec, log_K):
+        log_P = log_p_lo + (log_p_hi - log_p_lo) * jnp.cumsum(
+            spacings[..., :-1], axis=-1
+        )
+        P = jnp.exp(log_P)
+        K = jnp.exp(log_K)
+        r2 = jnp.sum(ecc_vec**2, axis=-1)
+        # 1 - exp(-r2/2) is Uniform(0, 1) for r2 ~ chi2(2); expm1 keeps it
+        # accurate for nearly circular orbits.
+        e = -e_max * jnp.expm1(-0.5 * r2)
+        omega = jnp.arctan2(ecc_vec[..., 1], ecc_vec[..., 0])
+        lam = jnp.arctan2(phase_vec[..., 1], phase_vec[..., 0])
+        M0 = lam - omega
+        dt = jnp.asarray(dt_np)
+        signal = jnp.sum(rv_curve(dt[:, None], P, K, e, omega, M0), axis=-1)
+        phys = {
+            "log_P": log_P,
+            "P": P,
+            "K": K,
+            "e": e,
+            "omega": omega,
+            "phase": jnp.mod(M0 + _PI, _TWO_PI) - _PI,
+        }
+        return phys, signal
+
+    @jax.jit
+    def noise_var(log_jitter):
+        jitter = jnp.exp(log_jitter)
+        return jitter, jnp.asarray(err_np) ** 2 + jitter[codes_np] ** 2
+
+    @jax.jit
+    def marginal_loglik(obs, signal, var):
+        oh = jnp.asarray(onehot)
+        resid = obs - signal - jnp.asarray(off_loc)[codes_np]
+        w = 1.0 / var
+        W = w @ oh
+        rbar = ((w * resid) @ oh) / W
+        A = W + 1.0 / off_scale**2
+        # Written around the weighted mean so that nothing cancels when the
+        # prior is broad: sum w (r - rbar)^2 + W rbar^2 / (s^2 A) equals
+        # sum w r^2 - (sum w r)^2 / A without the subtraction of large terms.
+        quad = jnp.sum(w * (resid - rbar[codes_np]) ** 2) + jnp.sum(
+            W * rbar**2 / (off_scale**2 * A)
+        )
+        logdet = jnp.sum(jnp.log(_TWO_PI * var)) + jnp.sum(jnp.log(off_scale**2 * A))
+        return -0.5 * (quad + logdet), off_loc + W * rbar / A, 1.0 / jnp.sqrt(A)
+
     def model(rv=_USE_DATA):
         obs = rv_np if rv is _USE_DATA else rv
-        codes = jnp.asarray(codes_np)
-        dt = jnp.asarray(dt_np)
 
         if num_planets > 0:
-            spacings = numpyro.sample(
-                "log_P_spacings", dist.Dirichlet(jnp.ones(num_planets + 1))
-            )
-            log_P = numpyro.deterministic(
-                "log_P",
-                log_p_lo
-                + (log_p_hi - log_p_lo) * jnp.cumsum(spacings[..., :-1], axis=-1),
-            )
+            spacings = numpyro.sample("log_P_spacings", _FlatDirichlet(num_planets + 1))
             ecc_vec = numpyro.sample(
                 "ecc_vec", dist.Normal(0.0, 1.0).expand([num_planets, 2]).to_event(2)
             )
@@ -536,27 +603,17 @@ def keplerian_model(
                 .expand([num_planets])
                 .to_event(1),
             )
-            P = numpyro.deterministic("P", jnp.exp(log_P))
-            K = numpyro.deterministic("K", jnp.exp(log_K))
-            r2 = jnp.sum(ecc_vec**2, axis=-1)
-            # 1 - exp(-r2/2) is Uniform(0, 1) for r2 ~ chi2(2); expm1 keeps it
-            # accurate for nearly circular orbits.
-            e = numpyro.deterministic("e", -e_max * jnp.expm1(-0.5 * r2))
-            omega = numpyro.deterministic(
-                "omega", jnp.arctan2(ecc_vec[..., 1], ecc_vec[..., 0])
-            )
-            lam = jnp.arctan2(phase_vec[..., 1], phase_vec[..., 0])
-            M0 = lam - omega
-            numpyro.deterministic("phase", jnp.mod(M0 + _PI, _TWO_PI) - _PI)
-            signal = jnp.sum(rv_curve(dt[:, None], P, K, e, omega, M0), axis=-1)
+            phys, signal = planet_terms(spacings, ecc_vec, phase_vec, log_K)
+            for site, value in phys.items():
+                numpyro.deterministic(site, value)
         else:
-            signal = jnp.zeros_like(dt)
+            signal = jnp.zeros(n)
 
         log_jitter = numpyro.sample(
             "log_jitter", dist.Normal(jit_loc, jitter_log_scale).to_event(1)
         )
-        jitter = numpyro.deterministic("jitter", jnp.exp(log_jitter))
-        var = jnp.asarray(err_np) ** 2 + jitter[codes] ** 2
+        jitter, var = noise_var(log_jitter)
+        numpyro.deterministic("jitter", jitter)
 
         if not marginalize_offsets:
             offset = numpyro.sample(
@@ -565,7 +622,7 @@ def keplerian_model(
             with numpyro.plate("data", n):
                 numpyro.sample(
                     "obs",
-                    dist.Normal(offset[codes] + signal, jnp.sqrt(var)),
+                    dist.Normal(offset[codes_np] + signal, jnp.sqrt(var)),
                     obs=obs,
                 )
             return
@@ -575,22 +632,10 @@ def keplerian_model(
                 "model(rv=None) (sampling the observations) is not available "
                 "with marginalize_offsets=True"
             )
-        oh = jnp.asarray(onehot)
-        resid = jnp.asarray(obs) - signal - jnp.asarray(off_loc)[codes]
-        w = 1.0 / var
-        W = w @ oh
-        rbar = ((w * resid) @ oh) / W
-        A = W + 1.0 / off_scale**2
-        # Written around the weighted mean so that nothing cancels when the
-        # prior is broad: sum w (r - rbar)^2 + W rbar^2 / (s^2 A) equals
-        # sum w r^2 - (sum w r)^2 / A without the subtraction of large terms.
-        quad = jnp.sum(w * (resid - rbar[codes]) ** 2) + jnp.sum(
-            W * rbar**2 / (off_scale**2 * A)
-        )
-        logdet = jnp.sum(jnp.log(_TWO_PI * var)) + jnp.sum(jnp.log(off_scale**2 * A))
-        numpyro.factor("obs_marginal", -0.5 * (quad + logdet))
-        numpyro.deterministic("offset_cond_mean", off_loc + W * rbar / A)
-        numpyro.deterministic("offset_cond_sd", 1.0 / jnp.sqrt(A))
+        loglik, cond_mean, cond_sd = marginal_loglik(jnp.asarray(obs), signal, var)
+        numpyro.factor("obs_marginal", loglik)
+        numpyro.deterministic("offset_cond_mean", cond_mean)
+        numpyro.deterministic("offset_cond_sd", cond_sd)
 
     model.t_ref = t_ref
     model.instrument_names = names
