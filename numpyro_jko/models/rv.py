@@ -477,6 +477,18 @@ def keplerian_model(
         ``period_bounds``, ``K_bounds``, ``offset_loc``, ``offset_scale`` and
         ``jitter_log_loc``.
 
+    Notes
+    -----
+    * The eccentricity prior is uniform (``(sqrt(e) cos omega, sqrt(e) sin
+      omega)`` uniform on a disk); Kipping's (2013) Beta(0.867, 3.03) prior is
+      not offered, since its density diverges at ``e = 0``.
+    * ``omega`` and ``lambda`` are undefined when ``ecc_vec`` or ``phase_vec``
+      is exactly zero (a null set; their gradients are NaN there). NUTS's
+      default ``init_to_uniform`` never lands there.
+    * The posterior over periods is typically multimodal (aliases, harmonics,
+      eccentric local optima): a single NUTS chain can stay in a secondary
+      mode, which is what the samplers of this package are for.
+
     Examples
     --------
     >>> import jax
