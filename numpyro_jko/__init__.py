@@ -4,7 +4,17 @@ Functional core: :mod:`numpyro_jko.jko` (``fit`` / ``sample`` / ``log_prob``) an
 :mod:`numpyro_jko.evidence` (``log_evidence``).
 """
 
-from numpyro_jko import cnf, evidence, jko, metrics, rejection, targets
+from numpyro_jko import (
+    cnf,
+    evidence,
+    flows,
+    jko,
+    mala,
+    metrics,
+    models,
+    rejection,
+    targets,
+)
 from numpyro_jko._version import __version__
 from numpyro_jko.evidence import log_evidence
 from numpyro_jko.jko import JKOConfig
@@ -14,7 +24,10 @@ __all__ = [
     "JKOConfig",
     "cnf",
     "evidence",
+    "flows",
     "jko",
+    "mala",
+    "models",
     "log_evidence",
     "metrics",
     "rejection",
