@@ -418,7 +418,7 @@ def chain_to_dict(chain: JKOChain) -> dict:
         if isinstance(layer, CNFLayer):
             layers.append(("C", jax.tree.map(np.asarray, layer.params)))
         else:
-            layers.append(("R", (float(layer.log_c), float(layer.rbar))))
+            layers.append(("R", tuple(float(v) for v in layer)))
     return {
         "format": 1,
         "spec": chain.spec,

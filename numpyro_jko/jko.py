@@ -43,8 +43,6 @@ from numpyro_jko.chain import (
     CNFLayer,
     JKOChain,
     _cnf_chunk,
-    _rejection_fill,
-    _rejection_mask,
     draw,
     eval_logdensity,
     log_prob,
@@ -52,7 +50,7 @@ from numpyro_jko.chain import (
 )
 from numpyro_jko.cnf import RK4, CNFSpec, ExactTrace, Hutchinson
 from numpyro_jko.progress import as_progress_meter
-from numpyro_jko.rejection import RejectionLayer, fit_rejection
+from numpyro_jko.rejection import RejectionLayer, acceptance_probability, fit_rejection
 
 __all__ = ["JKOConfig", "JKOInfo", "fit", "sample", "log_prob", "JKOChain"]
 
@@ -106,7 +104,8 @@ class JKOConfig(NamedTuple):
     latent_scale : float
     reuse_particles : bool
         Push the training particles through each new CNF (exact densities) instead
-        of redrawing ``N`` from the whole chain: same law, a fraction of the cost.
+        of redrawing ``N`` from the whole chain, when the next layer is a CNF.
+        Rejection layers are always fitted on fresh draws (see :func:`fit`).
     chunk_size : int
         Draws per compiled call when sampling.
     iterations_per_update : int
@@ -182,8 +181,6 @@ class JKOInfo(NamedTuple):
         (``log Z - KL``; rises toward ``log Z``).
     log_c, rbar : tuple of float
         Constants of each rejection layer.
-    rejection_rates : tuple of float
-        Realised fraction of particles replaced by each rejection layer.
     layer_seconds : tuple of float
         Wall time of each layer (training or fitting, plus moving the particles).
     compile_seconds : float
@@ -200,11 +197,18 @@ class JKOInfo(NamedTuple):
     elbo: tuple
     log_c: tuple
     rbar: tuple
-    rejection_rates: tuple
     layer_seconds: tuple
     compile_seconds: float
     train_seconds: float
     num_nonfinite: int
+
+    @property
+    def rejection_rates(self) -> tuple:
+        """Rejection rate of each rejection layer on fresh draws (``= rbar``)."""
+        return self.rbar
+
+
+_fit_rejection = jax.jit(fit_rejection, static_argnums=1)
 
 
 def _default_optimizer(config: JKOConfig, num_iterations: int):
@@ -250,6 +254,20 @@ def _check_target(logdensity_fn, dim: int, x) -> np.ndarray:
             stacklevel=3,
         )
     return values
+
+
+def _elbo_after(layer, log_g, energy) -> float:
+    """``mean(log g - log q)`` of a layer's output law, from draws of its input.
+
+    For a CNF the draws already follow the output law.  For a rejection layer they
+    follow the input ``p`` and the output is ``q = p (alpha + rbar)``, so
+    ``E_q[f] = E_p[(alpha + rbar) f]``: the ELBO after the layer without new draws.
+    """
+    log_w = jnp.where(jnp.isfinite(log_g), log_g + energy, jnp.nan)
+    if layer is None:
+        return float(jnp.nanmean(log_w))
+    factor = acceptance_probability(log_w, layer.log_c) + layer.rbar
+    return float(jnp.nanmean(factor * (log_w - jnp.log(factor))))
 
 
 def fit(
@@ -360,7 +378,7 @@ def fit(
 
     layers: list = []
     kinds, taus, losses, elbo = [], [], [], []
-    log_cs, rbars, rates, seconds = [], [], [], []
+    log_cs, rbars, seconds = [], [], []
     last_rate = float("nan")
     cnf_index = 0
     try:
@@ -372,6 +390,14 @@ def fit(
                 tau = config.tau0 * config.tau_growth**cnf_index
                 optimizer, train_chunk = get_train_fn(num_iterations)
                 key_init, key_loop, key_push = jax.random.split(key_layer, 3)
+                if plan[layer_index - 1 : layer_index] == ["R"]:
+                    # Particles from the chain *with* the rejection layers below.
+                    x, energy, log_g = (
+                        jnp.asarray(a)
+                        for a in draw(
+                            key_init, chain, config.num_particles, config.chunk_size
+                        )
+                    )
                 state = jko_step.init(key_init, spec, optimizer)
                 history = []
                 num_calls = max(num_iterations // min(chunk, num_iterations), 1)
@@ -390,7 +416,8 @@ def fit(
                     )
                 layers.append(CNFLayer(state.params))
                 chain = chain._replace(layers=tuple(layers))
-                if config.reuse_particles:
+                next_is_rejection = plan[layer_index + 1 : layer_index + 2] == ["R"]
+                if config.reuse_particles and not next_is_rejection:
                     x, energy, log_g = _cnf_chunk(
                         key_push,
                         state.params,
@@ -401,6 +428,11 @@ def fit(
                         divergence=density_divergence,
                     )
                 else:
+                    # Rejection layers need particles the CNF was not trained on:
+                    # the CNF overfits its training set, so log-weights there are
+                    # too good and the in-sample rate rbar would be biased low
+                    # (measured: 0.2000 in-sample vs 0.2064 on fresh draws), which
+                    # biases every density and log Z after the layer.
                     x, energy, log_g = (
                         jnp.asarray(a)
                         for a in draw(
@@ -411,33 +443,31 @@ def fit(
                 losses.append(np.concatenate(history))
                 cnf_index += 1
             else:
-                key_mask, key_repl = jax.random.split(key_layer)
-                layer = fit_rejection(log_g + energy, config.rejection_rate)
-                rejected = _rejection_mask(key_mask, energy, log_g, layer.log_c)
-                num_rejected = int(jnp.sum(rejected))
-                # Replacements are fresh draws from the chain *below* this layer.
-                repl = draw(key_repl, chain, num_rejected, config.chunk_size)
-                pad = config.num_particles - num_rejected
-                repl = tuple(
-                    jnp.concatenate([jnp.asarray(r), jnp.zeros_like(c[:pad])])
-                    for r, c in zip(repl, (x, energy, log_g), strict=True)
+                # Each rejection layer is fitted on its own N fresh draws from the
+                # chain below.  Reusing one particle set across layers (the
+                # reference code's way) makes the layers' Monte Carlo errors in
+                # rbar correlated: they then add up coherently instead of
+                # averaging out (measured: rbar low by 0.002-0.004 in every one of
+                # six layers, log Z off by 0.014 with an IS se of 0.0002).
+                x, energy, log_g = (
+                    jnp.asarray(a)
+                    for a in draw(
+                        key_layer, chain, config.num_particles, config.chunk_size
+                    )
                 )
-                x, energy, log_g = _rejection_fill(
-                    (x, energy, log_g), repl, rejected, layer
-                )
-                layer = RejectionLayer(float(layer.log_c), float(layer.rbar))
+                log_w = log_g + energy
+                layer = _fit_rejection(log_w, config.rejection_rate)
+                layer = RejectionLayer(*(float(v) for v in layer))
                 layers.append(layer)
                 chain = chain._replace(layers=tuple(layers))
-                last_rate = num_rejected / config.num_particles
-                log_cs.append(layer.log_c)
-                rbars.append(layer.rbar)
-                rates.append(last_rate)
+                log_cs.append(float(layer.log_c))
+                rbars.append(float(layer.rbar))
+                last_rate = float(layer.rbar)
                 meter.update(
-                    1, layer=f"R{len(rates)}", log_c=layer.log_c, rej=last_rate
+                    1, layer=f"R{len(rbars)}", log_c=float(layer.log_c), rej=last_rate
                 )
             kinds.append(kind)
-            finite = jnp.isfinite(log_g)
-            elbo.append(float(jnp.mean(jnp.where(finite, log_g + energy, jnp.nan))))
+            elbo.append(_elbo_after(layer if kind == "R" else None, log_g, energy))
             seconds.append(time.perf_counter() - t_layer)
     finally:
         meter.close()
@@ -450,7 +480,6 @@ def fit(
         elbo=tuple(elbo),
         log_c=tuple(log_cs),
         rbar=tuple(rbars),
-        rejection_rates=tuple(rates),
         layer_seconds=tuple(seconds),
         compile_seconds=compile_seconds,
         train_seconds=time.perf_counter() - start_time,

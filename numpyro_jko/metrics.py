@@ -70,7 +70,7 @@ def mode_weights(x, centres):
     --------
     >>> import jax.numpy as jnp
     >>> mode_weights(jnp.array([[0.1], [0.9], [1.2]]), jnp.array([[0.0], [1.0]])).tolist()
-    [0.3333333432674408, 0.6666666865348389]
+    [0.3333333432674408, 0.6666666865348816]
     """
     x = jnp.asarray(x)
     centres = jnp.asarray(centres)

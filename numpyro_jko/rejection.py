@@ -44,17 +44,21 @@ class RejectionLayer(NamedTuple):
         Log of the rejection constant ``c``.
     rbar : Array
         Estimated rejection probability ``1 - E_p[alpha]`` at that constant.
+    rbar_se : Array
+        Monte Carlo standard error of ``rbar`` (``std(alpha) / sqrt(n)``): the
+        layer's contribution to the uncertainty of every density after it.
 
     Examples
     --------
     >>> import jax.numpy as jnp
-    >>> layer = RejectionLayer(log_c=jnp.array(0.2), rbar=jnp.array(0.2))
-    >>> float(layer.rbar)
-    0.2
+    >>> layer = RejectionLayer(log_c=0.2, rbar=0.2)
+    >>> layer.rbar, layer.rbar_se
+    (0.2, 0.0)
     """
 
     log_c: jax.Array
     rbar: jax.Array
+    rbar_se: jax.Array | float = 0.0
 
 
 def _finite_log_weights(log_w):
@@ -107,7 +111,9 @@ def fit_rejection(log_w, rate: float = 0.2, tol: float = 1e-4, max_iter: int = 2
     Returns
     -------
     RejectionLayer
-        ``log_c`` (the last midpoint) and ``rbar`` (the in-sample rate there).
+        ``log_c`` (the last midpoint), ``rbar`` (the rate there) and its standard
+        error.  Fit on draws that no earlier layer was fitted on: ``rbar`` is only
+        unbiased on a fresh sample.
 
     Examples
     --------
@@ -151,7 +157,9 @@ def fit_rejection(log_w, rate: float = 0.2, tol: float = 1e-4, max_iter: int = 2
 
     lo, hi, _ = jax.lax.while_loop(bisect_cond, bisect_body, (lo, hi, 0))
     log_c = 0.5 * (lo + hi)
-    return RejectionLayer(log_c=log_c, rbar=rejection_rate(log_w, log_c))
+    alpha = acceptance_probability(log_w, log_c)
+    rbar_se = jnp.std(alpha) / jnp.sqrt(alpha.shape[0])
+    return RejectionLayer(log_c=log_c, rbar=1.0 - jnp.mean(alpha), rbar_se=rbar_se)
 
 
 def energy_update(energy, log_w, layer: RejectionLayer):

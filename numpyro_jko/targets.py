@@ -54,7 +54,7 @@ def gaussian_mixture(means, variance, weights=None, name="mixture") -> Target:
     >>> import jax.numpy as jnp
     >>> t = gaussian_mixture(jnp.array([[-1.0], [1.0]]), 0.1)
     >>> round(float(t.logdensity_fn(jnp.array([1.0]))), 4)
-    -0.1851
+    -0.4608
     """
     means = jnp.asarray(means, jnp.float32)
     k, dim = means.shape
