@@ -48,7 +48,7 @@ from numpyro_jko.chain import (
     log_prob,
     sample,
 )
-from numpyro_jko.cnf import RK4, CNFSpec, ExactTrace, Hutchinson
+from numpyro_jko.cnf import RK4, CNFSpec, Hutchinson
 from numpyro_jko.progress import as_progress_meter
 from numpyro_jko.rejection import RejectionLayer, acceptance_probability, fit_rejection
 
@@ -83,15 +83,20 @@ class JKOConfig(NamedTuple):
     batch_size : int
         Minibatch size of each Adam step.
     hidden : int or None
-        Width of the velocity MLP; ``None`` is ``2 d + 50`` (reference code).
+        Width of the velocity MLP; ``None`` is ``2 d + 30``, narrower than the
+        reference code's ``2 d + 50``: per-iteration cost is linear in it, and on
+        shifted 8 modes width 32 reached ED 2.5e-5 (at the exact-vs-exact floor).
     num_hidden_layers : int
     solver : diffrax solver
         Fixed-step solver of every CNF (default classical RK4).
     num_steps : int
         Solver steps on ``[0, 1]``.
     train_divergence : ExactTrace, Hutchinson or None
-        Divergence estimator in training; ``None`` is exact for ``d <= 2`` and a
-        one-probe Hutchinson estimate above (unbiased; gradients stay unbiased).
+        Divergence estimator in training; ``None`` is a one-probe Hutchinson
+        estimate (unbiased, so gradients stay unbiased), half the cost of the exact
+        trace already at ``d = 2`` (62 vs 123 ms per iteration at batch 1024) with
+        the same final accuracy on shifted 8 modes.  Draws always carry exact
+        log-determinants up to ``exact_density_max_dim``.
     exact_density_max_dim : int
         Up to this dimension, draws carry the exact log-determinant of each CNF
         map; above it a 5-probe Hutchinson divergence is integrated (noisy densities).
@@ -125,9 +130,9 @@ class JKOConfig(NamedTuple):
     rejection_rate: float = 0.2
     tau0: float = 0.05
     tau_growth: float = 4.0
-    num_iterations: int = 1000
+    num_iterations: int = 800
     block_iterations: int | None = 0
-    batch_size: int = 1024
+    batch_size: int = 512
     hidden: int | None = None
     num_hidden_layers: int = 3
     solver: Any = RK4()
@@ -321,14 +326,12 @@ def fit(
         latent_mean = jnp.broadcast_to(jnp.asarray(config.latent_mean, dtype), (dim,))
     spec = CNFSpec(
         dim=dim,
-        hidden=config.hidden or 2 * dim + 50,
+        hidden=config.hidden or 2 * dim + 30,
         num_hidden_layers=config.num_hidden_layers,
         solver=config.solver,
         num_steps=config.num_steps,
     )
-    train_divergence = config.train_divergence or (
-        ExactTrace() if dim <= 2 else Hutchinson(1)
-    )
+    train_divergence = config.train_divergence or Hutchinson(1)
     density_divergence = None if dim <= config.exact_density_max_dim else Hutchinson(5)
     chain = JKOChain(
         logdensity_fn=logdensity_fn,
