@@ -20,7 +20,7 @@ from numpyro_jko.flow_mala import SpreadInit, to_inference_data
 NUM_WALKERS = 32
 WEIGHTS = (0.8, 0.2)
 CENTRES = ((-2.5, 0.0), (2.5, 0.0))
-SMALL_FLOW = CouplingFlowProposal(num_layers=3, hidden=(16, 16))
+SMALL_FLOW = CouplingFlowProposal(num_layers=3, hidden=(16,))
 
 
 def bimodal_model():
@@ -84,23 +84,27 @@ def left_mode_indicator(mcmc):
     return (x[..., 0] < 0).astype(np.float64)  # (walkers, draws)
 
 
-def test_mode_weights_flow_mala_recovers_plain_mala_does_not(flow_run, mala_run):
+def test_mode_weights_flow_mala_recovers(flow_run):
     _, mcmc, _ = flow_run
     indicator = left_mode_indicator(mcmc)
     weight = indicator.mean()
     # Honest error budget: Monte Carlo standard error of the mode fraction from
-    # the multi-chain ESS of the indicator, and a check that the test has power.
+    # the multi-chain ESS of the indicator, and a check that the test has power
+    # (an MCSE of at most ~0.012, so a 4-MCSE band excludes MALA's 0.5).
     ess = float(effective_sample_size(indicator[..., None])[0])
     mcse = np.sqrt(weight * (1 - weight) / ess)
     assert ess > 1000, ess
     assert abs(weight - WEIGHTS[0]) < 4 * mcse, (weight, mcse)
 
+
+def test_mode_weights_plain_mala_fails(mala_run):
     # Plain MALA with the same start and step-size adaptation never crosses the
     # barrier: every walker stays in its starting mode, the estimate stays 0.5.
-    _, mcmc_mala, _ = mala_run
-    indicator = left_mode_indicator(mcmc_mala)
+    _, mcmc, _ = mala_run
+    indicator = left_mode_indicator(mcmc)
     assert np.all(indicator.min(axis=1) == indicator.max(axis=1))
     assert abs(indicator.mean() - WEIGHTS[0]) > 0.25
+    assert 0.45 < float(mcmc.last_state.mean_accept_prob) < 0.7
 
 
 def test_step_size_and_flow_frozen_after_warmup(flow_run):
@@ -174,7 +178,12 @@ def test_pickled_kernel_and_mcmc(flow_run):
         kernel.log_evidence(rng_key=key, num_samples=1000).log_Z, abs=1e-5
     )
     # A fresh kernel survives pickling before use and still runs.
-    fresh = pickle.loads(pickle.dumps(FlowMALA(bimodal_model, proposal=SMALL_FLOW)))
+    # (Plain MALA mode: it exercises the same pickling with a smaller compile.)
+    fresh = pickle.loads(
+        pickle.dumps(
+            FlowMALA(bimodal_model, global_every=0, init_strategy=init_to_sample)
+        )
+    )
     run = MCMC(
         fresh,
         num_warmup=5,
@@ -190,7 +199,9 @@ def test_pickled_kernel_and_mcmc(flow_run):
 def test_potential_fn_route():
     mean = jnp.array([1.0, -2.0, 0.5])
     potential_fn = lambda x: 0.5 * jnp.sum((x - mean) ** 2)  # Z = (2 pi)^(3/2)
-    kernel = FlowMALA(potential_fn=potential_fn, proposal=SMALL_FLOW)
+    kernel = FlowMALA(
+        potential_fn=potential_fn, proposal=SMALL_FLOW, init_strategy=init_to_sample
+    )
     mcmc = MCMC(
         kernel,
         num_warmup=200,
