@@ -384,7 +384,48 @@ class _JKOPool(NamedTuple):
     x: Array
     log_q: Array
     index: Array
-    refills: Array
+
+
+def _jko_log_prob_traced(chain, x):
+    """Normalized log density of a JKO chain, as a traceable function.
+
+    The same composition as :func:`numpyro_jko.jko.log_prob` (pull back through
+    every CNF layer, then accumulate the latent energy, each CNF's
+    log-determinant and each rejection layer's correction) without its host-side
+    chunking, so that it can run inside the jitted MCMC step. Calling
+    ``jko.log_prob`` from a ``jax.pure_callback`` instead deadlocks on a
+    one-core CPU: the callback waits for a computation that cannot be scheduled
+    while the outer one holds the executor.
+    """
+    from numpyro_jko import cnf as cnf_lib
+    from numpyro_jko.chain import CNFLayer, eval_logdensity, latent_energy
+    from numpyro_jko.rejection import energy_update
+
+    positions = [x]
+    for layer in reversed(chain.layers):
+        if isinstance(layer, CNFLayer):
+            positions.append(cnf_lib.pull_back(chain.spec, layer.params, positions[-1]))
+        else:
+            positions.append(positions[-1])
+    positions.reverse()
+    energy = latent_energy(positions[0], chain.latent_mean, chain.latent_scale)
+    key = jax.random.key(0)
+    for i, layer in enumerate(chain.layers):
+        if isinstance(layer, CNFLayer):
+            energy = (
+                energy
+                + cnf_lib.push_forward(
+                    chain.spec,
+                    layer.params,
+                    positions[i],
+                    chain.density_divergence,
+                    jax.random.fold_in(key, i),
+                )[1]
+            )
+        else:
+            log_g = eval_logdensity(chain.logdensity_fn, positions[i])
+            energy = energy_update(energy, log_g + energy, layer)
+    return -energy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,29 +434,33 @@ class JKOProposal(GlobalProposal):
 
     The chain is trained once, on the target itself, by
     :func:`numpyro_jko.jko.fit` in :meth:`FlowMALA.init` (before the warmup), so
-    it does not depend on the walkers and needs no replay buffer; it is frozen
-    from the start. Its draws and densities are exact (rejection layers
-    included), but the sampler runs on the host: draws come from a pool of
-    ``pool_size`` points refilled with :func:`jax.pure_callback` when it runs
-    out, and the density at the walkers' current positions is a callback to
-    :func:`numpyro_jko.jko.log_prob` (a reverse ODE solve per CNF layer), the
-    dominant cost. Global moves are therefore made every
-    ``global_every = 10`` iterations by default.
+    it needs no replay buffer and is frozen from the start. Its draws and
+    densities are exact (rejection layers included). The JKO sampler runs on the
+    host and cannot be called from inside the jitted MCMC step (a
+    ``jax.pure_callback`` into it deadlocks on a one-core CPU, measured), so
+    ``pool_size`` draws are made up front, in :meth:`FlowMALA.init`, and each
+    global move consumes ``num_walkers`` of them; once the pool is used up,
+    global moves propose nothing (every one is rejected, counted with
+    acceptance 0; the kernel is then plain MALA, still exact). Size the pool as ``num_walkers x`` the
+    number of global moves wanted, e.g. ``num_chains * (num_warmup +
+    num_samples) // global_every``. The density at the walkers' current
+    positions (a reverse ODE solve and Newton refinement per CNF layer) is
+    evaluated inside the step; it is the dominant cost, hence a global move
+    every ``global_every = 10`` iterations by default.
 
     Parameters
     ----------
     config
         :class:`numpyro_jko.jko.JKOConfig` of the chain.
     pool_size
-        Draws kept on the device (a multiple of the number of walkers works
-        best).
+        Number of pre-drawn proposals.
 
     Examples
     --------
     >>> from numpyro_jko import JKOConfig
     >>> from numpyro_jko.flow_mala import JKOProposal
-    >>> JKOProposal(JKOConfig(num_particles=1024)).pool_size
-    4096
+    >>> JKOProposal(JKOConfig(num_particles=1024), pool_size=8192).pool_size
+    8192
     """
 
     config: Any = None
@@ -430,51 +475,31 @@ class JKOProposal(GlobalProposal):
         holder: dict[str, Any] = {}
         dtype = jnp.result_type(float)
 
-        def draw_pool(key_data):
-            key = jax.random.wrap_key_data(np.asarray(key_data))
-            x, energy, _ = jko.draw(key, holder["chain"], pool_size)
-            return np.asarray(x, dtype), np.asarray(-energy, dtype)
-
-        pool_shapes = (
-            jax.ShapeDtypeStruct((pool_size, dim), dtype),
-            jax.ShapeDtypeStruct((pool_size,), dtype),
-        )
-
         def init(rng_key, positions):
             key_fit, key_pool = jax.random.split(rng_key)
-            chain, info = jko.fit(
-                key_fit, logdensity_fn, dim, config, progress_bar=False
-            )
+            chain, _ = jko.fit(key_fit, logdensity_fn, dim, config, progress_bar=False)
             holder["chain"] = chain
-            holder["info"] = info
-            x, log_q = draw_pool(jax.random.key_data(key_pool))
+            x, energy, _ = jko.draw(key_pool, chain, pool_size)
             return _JKOPool(
-                jnp.asarray(x),
-                jnp.asarray(log_q),
-                jnp.zeros((), jnp.int32),
+                jnp.asarray(x, dtype),
+                jnp.asarray(-energy, dtype),
                 jnp.zeros((), jnp.int32),
             )
 
         def sample(rng_key, state, n):
-            def refill(state):
-                x, log_q = jax.pure_callback(
-                    draw_pool, pool_shapes, jax.random.key_data(rng_key)
-                )
-                return _JKOPool(x, log_q, jnp.zeros((), jnp.int32), state.refills + 1)
-
-            state = jax.lax.cond(state.index + n > pool_size, refill, identity, state)
-            x = jax.lax.dynamic_slice_in_dim(state.x, state.index, n)
-            log_q = jax.lax.dynamic_slice_in_dim(state.log_q, state.index, n)
+            del rng_key  # the pool was drawn with the init key
+            exhausted = state.index + n > state.x.shape[0]
+            start = jnp.minimum(state.index, state.x.shape[0] - n)
+            x = jax.lax.dynamic_slice_in_dim(state.x, start, n)
+            log_q = jax.lax.dynamic_slice_in_dim(state.log_q, start, n)
+            # An exhausted pool proposes nothing (log q = -inf: always rejected)
+            # rather than reusing draws, which would break independence.
+            log_q = jnp.where(exhausted, jnp.nan, log_q)
             return state._replace(index=state.index + n), x, log_q
-
-        def host_log_prob(x):
-            return np.asarray(jko.log_prob(holder["chain"], np.asarray(x)), dtype)
 
         def log_prob(state, x):
             del state
-            return jax.pure_callback(
-                host_log_prob, jax.ShapeDtypeStruct(x.shape[:1], dtype), x
-            )
+            return _jko_log_prob_traced(holder["chain"], x).astype(dtype)
 
         def update(rng_key, state, positions, iteration):
             del rng_key, positions, iteration
