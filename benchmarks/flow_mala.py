@@ -9,7 +9,9 @@ Every sampler starts from the same points: draws from N(0, 2^2 I) followed by
 300 Adam steps (lr 0.05) up the log density (``numpyro_jko.flow_mala.SpreadInit``,
 the default init of FlowMALA), which leaves roughly equal numbers of walkers in
 each mode, whatever the weights -- so only a sampler that moves mass between
-modes gets the weights right.
+modes gets the weights right. Samplers with fewer chains (NUTS 8, flowMC 20)
+take their starts round-robin over the modes of the 64 points, so every mode
+has chains.
 
 Rows:
 
@@ -95,6 +97,23 @@ def targets():
 def spread_start(logdensity, dim, seed):
     start = 2.0 * jax.random.normal(jax.random.key(seed), (NUM_WALKERS, dim))
     return np.asarray(SpreadInit(300, 0.05).optimize(logdensity, start))
+
+
+def balanced_subset(start, mode_fn, n):
+    """``n`` of the starting points, taken round-robin over their modes.
+
+    NUTS and flowMC run fewer chains than FlowMALA has walkers; taking the
+    first ``n`` starts could leave a mode without any chain (it did for flowMC
+    at d = 16 with seed 0), which no sampler could be blamed for.
+    """
+    modes = mode_fn(start)
+    queues = [list(np.flatnonzero(modes == m)) for m in np.unique(modes)]
+    order = []
+    while len(order) < n:
+        for queue in queues:
+            if queue and len(order) < n:
+                order.append(queue.pop(0))
+    return start[np.asarray(order)]
 
 
 def summarize(name, draws, mode_fn, weights, **row):
@@ -322,13 +341,24 @@ def main():
                     logdensity, start, args.seed, global_every=0, num_local_steps=2
                 ),
             ),
-            ("NUTS", lambda: run_nuts(logdensity, start, args.seed)),
+            (
+                "NUTS",
+                lambda: run_nuts(
+                    logdensity, balanced_subset(start, mode_fn, NUTS_CHAINS), args.seed
+                ),
+            ),
         ]
         if args.flowmc_python and Path(args.flowmc_python).exists():
             runs.append(
                 (
                     "flowMC 0.6.5",
-                    lambda: run_flowmc(args.flowmc_python, kind, dim, start, args.seed),
+                    lambda: run_flowmc(
+                        args.flowmc_python,
+                        kind,
+                        dim,
+                        balanced_subset(start, mode_fn, 20),
+                        args.seed,
+                    ),
                 )
             )
         for name, run in runs:
