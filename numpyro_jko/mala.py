@@ -45,6 +45,8 @@ __all__ = [
     "FlowMALAInfo",
     "init",
     "build_kernel",
+    "mala_step",
+    "independent_mh_step",
     "DualAveragingState",
     "dual_averaging_init",
     "dual_averaging_update",
@@ -225,6 +227,115 @@ def _mala_step(rng_key, state: FlowMALAState, logdensity_fn, step_size):
     return _select(accepted, proposal, state), acceptance, accepted
 
 
+def independent_mh_step(
+    rng_key: PRNGKey,
+    state: FlowMALAState,
+    logdensity_fn: LogDensityFn,
+    proposal_position: Array,
+    proposal_log_q: Array,
+    current_log_q: Array,
+) -> tuple[FlowMALAState, Array, Array]:
+    r"""Independent Metropolis–Hastings move of one walker to a given proposal.
+
+    The proposal :math:`\hat x \sim q` is drawn by the caller (from a flow, a
+    pool of pre-drawn points, ...), which also supplies both proposal
+    densities; the move is accepted with probability
+    :math:`\min\{1, \pi(\hat x) q(x) / (\pi(x) q(\hat x))\}`. Splitting the
+    draw from the move lets an ensemble draw every walker's proposal in one
+    batched call and lets proposals that are not jittable be drawn outside the
+    kernel.
+
+    Parameters
+    ----------
+    rng_key
+        Key for the accept/reject decision only.
+    state
+        Current walker.
+    logdensity_fn
+        Unnormalized log target of a flat vector.
+    proposal_position
+        Proposed point, shape ``(dim,)``.
+    proposal_log_q, current_log_q
+        ``log q`` at the proposal and at ``state.position`` (any constant common
+        to both cancels, so ``q`` need not be normalized here).
+
+    Returns
+    -------
+    state : FlowMALAState
+        New walker, with value and gradient cached at its position (the
+        gradient at the proposal is computed whether or not it is accepted, so
+        that the next MALA step needs only one gradient).
+    acceptance : Array
+        Acceptance probability (0 for a NaN or non-finite proposal).
+    accepted : Array
+        Whether the proposal was accepted.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro_jko import mala
+    >>> logdensity_fn = lambda x: -0.5 * jnp.sum(x**2)
+    >>> state = mala.init(jnp.zeros(2), logdensity_fn)
+    >>> # q = pi: every proposal is accepted.
+    >>> new, acceptance, accepted = mala.independent_mh_step(
+    ...     jax.random.key(0), state, logdensity_fn, jnp.ones(2),
+    ...     logdensity_fn(jnp.ones(2)), logdensity_fn(jnp.zeros(2)))
+    >>> float(acceptance), new.position.tolist()
+    (1.0, [1.0, 1.0])
+    """
+    proposal_logdensity, proposal_grad = jax.value_and_grad(logdensity_fn)(
+        proposal_position
+    )
+    log_ratio = proposal_logdensity - state.logdensity + current_log_q - proposal_log_q
+    # A current point where q underflows to -inf gives ratio -inf: correct,
+    # since q can never propose the reverse move.
+    valid = _is_valid_proposal(proposal_position, proposal_logdensity, proposal_grad)
+    valid = valid & jnp.isfinite(proposal_log_q)
+    log_ratio = jnp.where(valid, log_ratio, -jnp.inf)
+    acceptance, accepted = _metropolis_accept(rng_key, log_ratio)
+    proposal = FlowMALAState(proposal_position, proposal_logdensity, proposal_grad)
+    return _select(accepted, proposal, state), acceptance, accepted
+
+
+def mala_step(
+    rng_key: PRNGKey,
+    state: FlowMALAState,
+    logdensity_fn: LogDensityFn,
+    step_size: float | Array,
+) -> tuple[FlowMALAState, Array, Array]:
+    """One MALA step of one walker (one ``value_and_grad`` of the target).
+
+    Parameters
+    ----------
+    rng_key
+        Key.
+    state
+        Current walker (its cached gradient is used, not recomputed).
+    logdensity_fn
+        Unnormalized log target of a flat vector.
+    step_size
+        Scalar or per-dimension array.
+
+    Returns
+    -------
+    state, acceptance, accepted
+        As for :func:`independent_mh_step`.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro_jko import mala
+    >>> logdensity_fn = lambda x: -0.5 * jnp.sum(x**2)
+    >>> state = mala.init(jnp.zeros(2), logdensity_fn)
+    >>> state, acceptance, accepted = mala.mala_step(
+    ...     jax.random.key(0), state, logdensity_fn, 0.5)
+    >>> acceptance.shape
+    ()
+    """
+    step_size = jnp.asarray(step_size, state.position.dtype)
+    return _mala_step(rng_key, state, logdensity_fn, step_size)
+
+
 def _global_step(rng_key, state: FlowMALAState, logdensity_fn, flow, flow_params):
     """Independent MH move with the flow as proposal."""
     key_flow, key_accept = jax.random.split(rng_key)
@@ -236,26 +347,14 @@ def _global_step(rng_key, state: FlowMALAState, logdensity_fn, flow, flow_params
         -0.5 * jnp.sum(base**2) - 0.5 * base.shape[-1] * math.log(2 * math.pi)
     ) - log_det
     current_flow_logdensity = flow_log_prob(flow, flow_params, position)
-    # The gradient at the proposal is needed only if it is accepted, but under
-    # vmap a conditional would evaluate it anyway; computing it here keeps the
-    # next MALA step at one gradient.
-    proposal_logdensity, proposal_grad = jax.value_and_grad(logdensity_fn)(
-        proposal_position
+    return independent_mh_step(
+        key_accept,
+        state,
+        logdensity_fn,
+        proposal_position,
+        proposal_flow_logdensity,
+        current_flow_logdensity,
     )
-    log_ratio = (
-        proposal_logdensity
-        - state.logdensity
-        + current_flow_logdensity
-        - proposal_flow_logdensity
-    )
-    # A current point where the flow density underflows to -inf gives ratio
-    # -inf: correct, since the flow can never propose the reverse move.
-    valid = _is_valid_proposal(proposal_position, proposal_logdensity, proposal_grad)
-    valid = valid & jnp.isfinite(proposal_flow_logdensity)
-    log_ratio = jnp.where(valid, log_ratio, -jnp.inf)
-    acceptance, accepted = _metropolis_accept(key_accept, log_ratio)
-    proposal = FlowMALAState(proposal_position, proposal_logdensity, proposal_grad)
-    return _select(accepted, proposal, state), acceptance, accepted
 
 
 def build_kernel(

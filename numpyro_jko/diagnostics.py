@@ -1,0 +1,188 @@
+"""Diagnosis of a trained chain that users can act on: numbers, and what to change.
+
+:func:`fit_diagnostics` gathers the training record (:class:`~numpyro_jko.jko.JKOInfo`)
+and an evidence estimate on fresh draws (:class:`~numpyro_jko.evidence.Evidence`)
+into one flat dict; :func:`check_fit` turns the dict into :class:`JKOWarning` s.
+
+The three checks and why they are the ones:
+
+* **PSIS k̂ > 0.7** -- the importance weights ``g / q`` have (effectively) infinite
+  variance (Vehtari et al., *Pareto smoothed importance sampling*): the standard
+  error of ``log Z`` and of any reweighted estimate cannot be trusted.
+* **weight ESS < 1 % of the draws** -- the weights are so uneven that a handful of
+  draws carry the evidence; the estimate is noise even when k̂ looks fine.
+* **not converged** -- the draws themselves (what ``MCMC`` and ``get_samples``
+  return, unweighted) are biased by ``KL(q || posterior)``, which the draws estimate
+  as ``log Z - ELBO``.  By Pinsker's inequality no probability under ``q`` is off
+  by more than ``sqrt(KL / 2)``.  We warn when that bound exceeds 0.15
+  (``KL > 0.045``), and say what to change from the ELBO record: if the last
+  rejection layer still raised the ELBO by more than a tenth of the remaining gap,
+  the chain is still improving at the top and wants more layers (``num_blocks``);
+  if not, the layers have stopped helping and the CNFs need more iterations or
+  particles.  The change in the rejection constant ``log c`` between the last two
+  layers is reported alongside: it settles once the weights stop changing shape.
+  (Rejection *rates* are no signal: each layer's ``c`` is fitted to hit the
+  target rate on the training particles.)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+__all__ = ["JKOWarning", "fit_diagnostics", "check_fit"]
+
+PARETO_K_THRESHOLD = 0.7
+MIN_ESS_FRACTION = 0.01
+MAX_PINSKER_BOUND = 0.15
+
+
+class JKOWarning(UserWarning):
+    """A trained chain that should not be trusted as it is (see :func:`check_fit`).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warnings.warn("k too large", JKOWarning)
+    >>> caught[0].category.__name__
+    'JKOWarning'
+    """
+
+
+def fit_diagnostics(info, evidence) -> dict:
+    """One flat dict of what a user needs to judge a trained chain.
+
+    Parameters
+    ----------
+    info : JKOInfo
+        Training record from :func:`numpyro_jko.jko.fit`.
+    evidence : Evidence or None
+        :func:`numpyro_jko.evidence.log_evidence` on fresh draws of the chain.
+
+    Returns
+    -------
+    dict
+        ``log_Z``, ``log_Z_se``, ``elbo``, ``kl`` (``log_Z - elbo``), ``weight_ess``,
+        ``weight_ess_fraction``, ``pareto_k``, ``num_draws`` (from ``evidence``, NaN
+        when it is None); per layer ``layer_kinds``, ``elbo_per_layer``,
+        ``rejection_rates``, ``log_c``, ``final_losses`` (last loss of each CNF),
+        ``layer_seconds``; ``train_seconds``, ``compile_seconds`` and
+        ``num_nonfinite`` training particles.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numpyro_jko.jko import JKOInfo
+    >>> from numpyro_jko.evidence import log_evidence
+    >>> info = JKOInfo(("C", "R"), (0.05,), (np.array([1.0, 0.5]),), (-2.0, -1.9),
+    ...                (0.3,), (0.1,), (0.2,), (1.0, 0.1), 0.5, 1.6, 0)
+    >>> d = fit_diagnostics(info, log_evidence(np.zeros(100), np.zeros(100)))
+    >>> d["log_Z"], d["weight_ess_fraction"], d["final_losses"]
+    (0.0, 1.0, (0.5,))
+    """
+    nan = float("nan")
+    out = {
+        "log_Z": nan,
+        "log_Z_se": nan,
+        "elbo": nan,
+        "kl": nan,
+        "weight_ess": nan,
+        "weight_ess_fraction": nan,
+        "pareto_k": nan,
+        "num_draws": 0,
+    }
+    if evidence is not None:
+        out.update(
+            log_Z=evidence.log_Z,
+            log_Z_se=evidence.log_Z_se,
+            elbo=evidence.elbo,
+            kl=evidence.log_Z - evidence.elbo,
+            weight_ess=evidence.ess,
+            weight_ess_fraction=evidence.ess / max(evidence.num_draws, 1),
+            pareto_k=evidence.pareto_k,
+            num_draws=evidence.num_draws,
+        )
+    out.update(
+        layer_kinds="".join(info.layer_kinds),
+        elbo_per_layer=tuple(float(v) for v in info.elbo),
+        rejection_rates=tuple(float(v) for v in info.rejection_rates),
+        log_c=tuple(float(v) for v in info.log_c),
+        final_losses=tuple(float(loss[-1]) for loss in info.losses if len(loss)),
+        layer_seconds=tuple(float(v) for v in info.layer_seconds),
+        train_seconds=float(info.train_seconds),
+        compile_seconds=float(info.compile_seconds),
+        num_nonfinite=int(info.num_nonfinite),
+    )
+    return out
+
+
+def check_fit(diagnostics: dict, *, warn: bool = True, stacklevel: int = 2) -> list:
+    """Messages for each failed check of the module docstring; warn them if asked.
+
+    Parameters
+    ----------
+    diagnostics : dict
+        From :func:`fit_diagnostics`.
+    warn : bool
+        Emit each message as a :class:`JKOWarning`.
+    stacklevel : int
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> d = {"pareto_k": 0.9, "weight_ess": 50.0, "num_draws": 10000, "kl": 0.01,
+    ...      "elbo_per_layer": (-3.0, -2.0), "layer_kinds": "CR", "log_c": (0.1,)}
+    >>> [m.split(":")[0] for m in check_fit(d, warn=False)]
+    ['PSIS k-hat = 0.90 > 0.7', 'weight ESS = 50 of 10000 draws (0.5%)']
+    """
+    messages = []
+    k = diagnostics.get("pareto_k", math.nan)
+    ess = diagnostics.get("weight_ess", math.nan)
+    n = diagnostics.get("num_draws", 0)
+    more = (
+        "train longer or wider (JKOConfig.num_iterations, num_particles, num_cnf, "
+        "num_blocks)"
+    )
+    if np.isfinite(k) and k > PARETO_K_THRESHOLD:
+        messages.append(
+            f"PSIS k-hat = {k:.2f} > {PARETO_K_THRESHOLD}: the importance weights "
+            "have effectively infinite variance, so log Z +- se and reweighted "
+            f"estimates are unreliable; {more}."
+        )
+    if n and np.isfinite(ess) and ess < MIN_ESS_FRACTION * n:
+        messages.append(
+            f"weight ESS = {ess:.0f} of {n} draws ({100 * ess / n:.1f}%): a few "
+            f"draws carry all the weight, so the evidence is mostly noise; {more}."
+        )
+    kl = diagnostics.get("kl", math.nan)
+    elbo = diagnostics.get("elbo_per_layer", ())
+    if np.isfinite(kl) and math.sqrt(max(kl, 0.0) / 2) > MAX_PINSKER_BOUND:
+        gain = elbo[-1] - elbo[-2] if len(elbo) >= 2 else math.nan
+        log_c = diagnostics.get("log_c", ())
+        moved = (
+            f"; log c moved by {log_c[-1] - log_c[-2]:+.3f} in the last layer"
+            if len(log_c) >= 2
+            else ""
+        )
+        if np.isfinite(gain) and gain > 0.1 * kl:
+            advice = "the last layer still raised the ELBO by "
+            advice += f"{gain:.3f}: add layers (JKOConfig.num_blocks)"
+        else:
+            advice = "the layers stopped improving it: train the CNFs longer "
+            advice += "(num_iterations) on more particles (num_particles)"
+        messages.append(
+            f"not converged: KL(q || posterior) ~ log Z - ELBO = {kl:.3f} nats, so "
+            f"unweighted draws may misstate probabilities by up to "
+            f"{math.sqrt(kl / 2):.2f} (Pinsker){moved}; {advice}."
+        )
+    if warn:
+        for message in messages:
+            warnings.warn(message, JKOWarning, stacklevel=stacklevel + 1)
+    return messages

@@ -1,0 +1,446 @@
+"""NumPyro integration: model -> target, the NeuralJKO kernel, JKOSampler, ArviZ.
+
+Known answers: the conjugate normal model (posterior and log Z in closed form), a
+model with bounded supports against a stored long NUTS run
+(``tests/data/make_mixed_reference.py``), and a bimodal model whose mode weights and
+log Z come from quadrature (``numpyro_models.bimodal_exact``).  Trained chains are
+module-scoped fixtures: one training serves every test that reads it.
+"""
+
+import json
+import pathlib
+import pickle
+import warnings
+from contextlib import contextmanager
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import numpyro_models as models
+import pytest
+from numpyro.diagnostics import summary
+from numpyro.infer import MCMC, Predictive
+from numpyro.infer.util import log_density as numpyro_log_density
+
+import numpyro_jko.infer as infer_module
+from numpyro_jko import jko
+from numpyro_jko.diagnostics import JKOWarning, check_fit
+from numpyro_jko.infer import JKOSampler, NeuralJKO
+from numpyro_jko.jko import JKOConfig
+from numpyro_jko.target import model_target
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+
+# Two short CNFs with a small network and one block of rejection layers: exact
+# enough for the conjugate model, cheap on a 2-core CPU (most of a fit is
+# compiling; a small network and few solver steps compile faster).
+TINY = JKOConfig(
+    num_particles=2048,
+    num_cnf=2,
+    num_blocks=1,
+    num_iterations=100,
+    batch_size=256,
+    iterations_per_update=50,
+    hidden=16,
+    num_hidden_layers=2,
+    num_steps=2,
+)
+# No CNF at all: the fitted latent plus one rejection layer.  A valid chain with a
+# non-trivial density at a fraction of the compile time, for tests of plumbing.
+PLUMBING = JKOConfig(
+    num_particles=2048, num_cnf=0, num_blocks=1, rejections_per_block=1, batch_size=256
+)
+# Draw counts of 4097..8192 share one compiled chunk shape with the evidence draws.
+N = 8192
+
+
+@contextmanager
+def _tiny_chain_warnings_allowed():
+    """TINY is not converged on every model by design; those tests check plumbing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JKOWarning)
+        yield
+
+
+@pytest.fixture(scope="module")
+def conj():
+    sampler = JKOSampler(
+        models.conjugate_normal, TINY, progress_bar=False, num_evidence_draws=N
+    )
+    sampler.run(jax.random.key(11), models.CONJ_Y)
+    return sampler
+
+
+@pytest.fixture(scope="module")
+def conj_mcmc(conj):
+    mcmc = MCMC(
+        NeuralJKO.from_sampler(conj),
+        num_warmup=10,
+        num_samples=1000,
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.key(12), models.CONJ_Y)
+    return mcmc
+
+
+# ----------------------------------------------------------------------------------
+# Known answers
+
+
+def test_conjugate_normal_posterior_and_evidence(conj):
+    mean, sd, log_z = models.conjugate_normal_exact()
+    samples = conj.get_samples(jax.random.key(0), N)
+    mu = np.asarray(samples["mu"], np.float64)
+    n = mu.size
+    # Within 4 Monte Carlo standard errors (i.i.d. draws: se = sd / sqrt(n)).
+    assert abs(mu.mean() - mean) < 4 * sd / np.sqrt(n)
+    assert abs(mu.std() - sd) < 4 * sd / np.sqrt(2 * n)
+    np.testing.assert_allclose(samples["mu_squared"], mu**2, rtol=1e-5)
+    est = conj.log_evidence()
+    assert abs(est.log_Z - log_z) < 3 * est.log_Z_se + 2e-3
+    assert est.ess > 0.5 * est.num_draws
+
+
+def _mixed_flat(samples):
+    """Every latent coordinate and the deterministic site, as named columns."""
+    out = {
+        "scale": samples["scale"],
+        "rate": samples["rate"],
+        "product": samples["product"],
+    }
+    for k in range(3):
+        out[f"p[{k}]"] = samples["p"][:, k]
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def _reference_flat():
+    ref = json.loads((DATA / "mixed_supports_nuts.json").read_text())
+    out = {}
+    for name in ("scale", "rate", "product"):
+        out[name] = {k: ref[name][k][0] for k in ("mean", "sd", "mcse")}
+    for k in range(3):
+        out[f"p[{k}]"] = {s: ref["p"][s][k] for s in ("mean", "sd", "mcse")}
+    return out
+
+
+MIXED_CONFIG = JKOConfig(
+    num_particles=8192, num_cnf=3, num_blocks=2, num_iterations=300
+)
+
+
+@pytest.mark.slow
+def test_mixed_supports_against_nuts_reference():
+    # Training happens inside MCMC (NeuralJKO.init), the model route end to end.
+    kernel = NeuralJKO(models.mixed_supports, config=MIXED_CONFIG, progress_bar=False)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=6000, progress_bar=False)
+    with _tiny_chain_warnings_allowed():
+        mcmc.run(jax.random.key(3), models.MIXED_Y)
+    samples = _mixed_flat(mcmc.get_samples())
+    extra = mcmc.get_extra_fields()
+    log_w = np.asarray(-extra["potential_energy"] - extra["log_density"], np.float64)
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    reference = _reference_flat()
+    for name, ref in reference.items():
+        x = samples[name]
+        # Importance-corrected moments are consistent whatever is left of the
+        # chain's bias: within 5 combined standard errors (weight-ESS based).
+        ess = 1.0 / np.sum(w**2)
+        se = np.hypot(ref["sd"] / np.sqrt(ess), ref["mcse"])
+        assert abs(np.sum(w * x) - ref["mean"]) < 5 * se, name
+        # Raw draws: the chain itself is close (a tenth of a posterior sd).
+        assert abs(x.mean() - ref["mean"]) < 0.1 * ref["sd"] + 4 * se, name
+        assert abs(x.std() - ref["sd"]) < 0.1 * ref["sd"], name
+
+
+@pytest.mark.slow
+def test_bimodal_mode_weights_and_evidence():
+    weight, log_z = models.bimodal_exact()
+    config = JKOConfig(num_particles=8192, num_iterations=300, num_blocks=3)
+    sampler = JKOSampler(models.bimodal, config, progress_bar=False)
+    sampler.run(jax.random.key(5), models.BIMODAL_Y)
+    x = np.asarray(sampler.get_samples(jax.random.key(6), 20000)["x"])
+    assert abs(np.mean(x > 0) - weight) < 0.02
+    est = sampler.log_evidence()
+    assert abs(est.log_Z - log_z) < 3 * est.log_Z_se
+
+
+# ----------------------------------------------------------------------------------
+# MCMC, Predictive, ArviZ
+
+
+@pytest.mark.parametrize("chain_method", ["sequential", "vectorized"])
+def test_mcmc_two_chains_are_independent_iid_draws(conj, chain_method):
+    kernel = NeuralJKO.from_sampler(conj)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=20,
+        num_samples=600,
+        num_chains=2,
+        chain_method=chain_method,
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.key(7), models.CONJ_Y)
+    mu = mcmc.get_samples(group_by_chain=True)["mu"]
+    assert mu.shape == (2, 600)
+    assert not np.allclose(mu[0], mu[1])
+    # I.i.d. draws: numpyro's ESS is about the number of draws.
+    n_eff = summary({"mu": np.asarray(mu)})["mu"]["n_eff"]
+    assert n_eff > 0.7 * mu.size
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    assert extra["log_density"].shape == (2, 600)
+
+
+def test_chain_methods_agree_for_the_same_key(conj):
+    draws = {}
+    for method in ("sequential", "vectorized"):
+        mcmc = MCMC(
+            NeuralJKO.from_sampler(conj),
+            num_warmup=0,
+            num_samples=100,
+            num_chains=2,
+            chain_method=method,
+            progress_bar=False,
+        )
+        mcmc.run(jax.random.key(8), models.CONJ_Y)
+        draws[method] = np.asarray(mcmc.get_samples(group_by_chain=True)["mu"])
+    np.testing.assert_allclose(draws["sequential"], draws["vectorized"], rtol=1e-6)
+
+
+def test_log_density_field_is_the_samplers_density(conj, conj_mcmc):
+    z = conj_mcmc.get_samples()["mu"][:200, None]
+    log_q = conj_mcmc.get_extra_fields()["log_density"][:200]
+    np.testing.assert_allclose(jko.log_prob(conj.chain, z), log_q, atol=2e-3)
+
+
+def test_print_summary_and_predictive(conj, conj_mcmc, capsys):
+    conj_mcmc.print_summary()
+    assert "mu" in capsys.readouterr().out
+    predictive = Predictive(models.conjugate_normal, conj_mcmc.get_samples())
+    y = predictive(jax.random.key(9), models.CONJ_Y)["y"]
+    assert y.shape == (1000, models.CONJ_Y.size)
+
+
+def test_from_numpyro_and_loo(conj_mcmc):
+    idata = az.from_numpyro(conj_mcmc)
+    assert {"posterior", "sample_stats", "log_likelihood", "observed_data"} <= set(
+        idata.groups()
+    )
+    assert {"lp", "log_density"} <= set(idata.sample_stats.data_vars)
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo)
+
+
+def test_to_inference_data_and_compare(conj):
+    idata = conj.to_inference_data(jax.random.key(10), N, num_chains=2)
+    assert idata.posterior["mu"].shape == (2, N // 2)
+    assert "mu_squared" in idata.posterior
+    stats = idata.sample_stats
+    np.testing.assert_allclose(
+        stats["log_weight"], stats["lp"] - stats["log_density"], rtol=1e-6
+    )
+    assert idata.log_likelihood["y"].shape == (2, N // 2, models.CONJ_Y.size)
+    np.testing.assert_allclose(idata.observed_data["y"], models.CONJ_Y)
+    est = conj.log_evidence()
+    assert idata.attrs["log_evidence"] == pytest.approx(est.log_Z)
+    assert idata.attrs["log_evidence_se"] == pytest.approx(est.log_Z_se)
+    assert {"weight_ess", "pareto_k"} <= set(idata.attrs)
+    other = conj.to_inference_data(jax.random.key(11), N, num_chains=2)
+    table = az.compare({"a": idata, "b": other})
+    assert len(table) == 2
+
+
+def test_eight_schools_into_az_summary():
+    # The model route end to end: training inside MCMC.run (NeuralJKO.init).
+    kernel = NeuralJKO(models.eight_schools, config=PLUMBING, progress_bar=False)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=0,
+        num_samples=1000,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    args = (models.SCHOOLS_J, models.SCHOOLS_SIGMA, models.SCHOOLS_Y)
+    with _tiny_chain_warnings_allowed():
+        mcmc.run(jax.random.key(4), *args)
+    idata = az.from_numpyro(mcmc)
+    table = az.summary(idata, var_names=["mu", "tau", "theta"])
+    assert len(table) == 2 + models.SCHOOLS_J
+    assert np.all(np.isfinite(table["mean"]))
+    assert "school" in idata.posterior["theta"].dims
+    assert np.all(idata.posterior["tau"] > 0)
+    assert np.isfinite(az.loo(idata).elpd_loo)
+
+
+# ----------------------------------------------------------------------------------
+# Densities, save/load, pickling
+
+
+def test_log_density_includes_the_jacobian():
+    # The identity checked holds for any chain.
+    sampler = JKOSampler(
+        models.mixed_supports,
+        PLUMBING,
+        progress_bar=False,
+        num_evidence_draws=0,
+        refit_draws=0,
+    )
+    with _tiny_chain_warnings_allowed():
+        sampler.run(jax.random.key(1), models.MIXED_Y)
+    x, energy, _ = jko.draw(jax.random.key(2), sampler.chain, 256)
+    samples = sampler.target.postprocess_fn(jnp.asarray(x))
+    log_q = sampler.log_density(samples)
+    # Independent Jacobian: -potential(u) is log p(x, y) + log|dx/du|.
+    log_joint_u = jax.vmap(sampler.target.logdensity_fn)(jnp.asarray(x))
+
+    def log_joint(site_values):
+        return numpyro_log_density(
+            models.mixed_supports, (models.MIXED_Y,), {}, site_values
+        )[0]
+
+    latent = {k: samples[k] for k in sampler.target.latent_sites}
+    log_joint_x = jax.vmap(log_joint)(latent)
+    expected = -energy - (log_joint_u - log_joint_x)
+    np.testing.assert_allclose(log_q, expected, atol=5e-3, rtol=1e-4)
+
+
+def test_save_load_round_trip(conj, tmp_path):
+    path = tmp_path / "conj.pkl"
+    conj.save(path)
+    loaded = JKOSampler.load(path, models.conjugate_normal, progress_bar=False)
+    key = jax.random.key(21)
+    a = conj.get_weighted_samples(key, 500)
+    b = loaded.get_weighted_samples(key, 500)
+    np.testing.assert_array_equal(a[0]["mu"], b[0]["mu"])
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(conj.log_density(a[0]), loaded.log_density(a[0]))
+    assert loaded.log_evidence() == conj.log_evidence()
+
+
+def test_kernel_pickles_and_reuses_its_chain(conj, monkeypatch):
+    kernel = NeuralJKO.from_sampler(conj)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=50, progress_bar=False)
+    mcmc.run(jax.random.key(30), models.CONJ_Y)
+    restored = pickle.loads(pickle.dumps(kernel))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the unpickled kernel retrained")
+
+    monkeypatch.setattr(infer_module, "_train", no_training)
+    again = MCMC(restored, num_warmup=0, num_samples=50, progress_bar=False)
+    again.run(jax.random.key(30), models.CONJ_Y)
+    np.testing.assert_array_equal(mcmc.get_samples()["mu"], again.get_samples()["mu"])
+
+
+# ----------------------------------------------------------------------------------
+# potential_fn route, the kernel's own contract
+
+
+def test_potential_fn_route_trains_in_init():
+    def potential_fn(z):
+        return 0.5 * jnp.sum(((z["a"] - 1.0) / 0.5) ** 2)
+
+    kernel = NeuralJKO(potential_fn=potential_fn, config=TINY, progress_bar=False)
+    mcmc = MCMC(kernel, num_warmup=5, num_samples=3000, progress_bar=False)
+    with _tiny_chain_warnings_allowed():
+        mcmc.run(jax.random.key(1), init_params={"a": jnp.zeros(2)})
+    a = np.asarray(mcmc.get_samples()["a"])
+    assert a.shape == (3000, 2)
+    np.testing.assert_allclose(a.mean(0), 1.0, atol=0.05)
+    np.testing.assert_allclose(a.std(0), 0.5, atol=0.05)
+
+
+def test_sample_is_jittable_and_refills_blocks(conj):
+    kernel = NeuralJKO.from_sampler(conj, block_size=4)
+    state = kernel.init(jax.random.key(2), 0, None, (models.CONJ_Y,), {})
+    step = jax.jit(kernel.sample, static_argnums=(1, 2))
+    seen, positions = [], []
+    for _ in range(10):  # block_size=4: two refills
+        state = step(state, (), ())
+        seen.append(float(state.z["mu"]))
+        positions.append(int(state.i))
+    assert positions == [1, 2, 3, 0, 1, 2, 3, 0, 1, 2]
+    assert len(set(seen)) == 10
+
+
+def test_potential_fn_needs_init_params():
+    kernel = NeuralJKO(potential_fn=lambda z: jnp.sum(z**2), progress_bar=False)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=10, progress_bar=False)
+    with pytest.raises(ValueError, match="init_params"):
+        mcmc.run(jax.random.key(0))
+
+
+def test_exactly_one_of_model_or_potential():
+    with pytest.raises(ValueError, match="Only one"):
+        NeuralJKO(models.bimodal, potential_fn=lambda z: 0.0)
+    with pytest.raises(ValueError, match="Only one"):
+        NeuralJKO()
+
+
+# ----------------------------------------------------------------------------------
+# Errors raised before training; diagnosis
+
+
+def test_discrete_latent_site_is_named():
+    def model():
+        numpyro.sample("loc", dist.Normal(0.0, 1.0))
+        numpyro.sample("flag", dist.Bernoulli(0.3))
+
+    with pytest.raises(ValueError, match="discrete latent site.*'flag'"):
+        JKOSampler(model, progress_bar=False).run(jax.random.key(0))
+
+
+def test_non_finite_model_is_named_with_values():
+    def broken(y):
+        rate = numpyro.sample("rate", dist.HalfNormal(1.0))
+        numpyro.sample("y", dist.Exponential(rate), obs=y)
+
+    with pytest.warns(UserWarning), pytest.raises(ValueError) as err:
+        model_target(broken, (jnp.array([-1.0]),))
+    message = str(err.value)
+    assert "'broken'" in message and "potential = inf" in message and "'y'" in message
+
+
+def test_factor_condition_and_kwargs_are_supported():
+    def model(y, *, scale=1.0):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+        numpyro.factor("tilt", -0.5 * a**2)
+        numpyro.sample("y", dist.Normal(a + b, scale), obs=y)
+
+    conditioned = numpyro.handlers.condition(model, {"b": 0.5})
+    target = model_target(conditioned, (jnp.array(1.0),), {"scale": 2.0})
+    assert target.latent_sites == ("a",)
+    a = 0.3
+    # The conditioned site is an observation: its density is part of the joint.
+    expected = (
+        dist.Normal(0.0, 1.0).log_prob(a)
+        + dist.Normal(0.0, 1.0).log_prob(0.5)
+        - 0.5 * a**2
+        + dist.Normal(a + 0.5, 2.0).log_prob(1.0)
+    )
+    assert float(target.logdensity_fn(jnp.array([a]))) == pytest.approx(
+        float(expected), abs=1e-5
+    )
+
+
+def test_check_fit_messages():
+    good = {
+        "pareto_k": 0.3,
+        "weight_ess": 5000.0,
+        "num_draws": 10000,
+        "kl": 0.01,
+        "elbo_per_layer": (-3.0, -2.99),
+        "log_c": (0.1, 0.1),
+    }
+    assert check_fit(good, warn=False) == []
+    bad = dict(good, kl=0.5, elbo_per_layer=(-3.0, -2.5))
+    with pytest.warns(JKOWarning, match="not converged.*num_blocks"):
+        check_fit(bad)
+    stalled = dict(good, kl=0.5)
+    (message,) = check_fit(stalled, warn=False)
+    assert "num_iterations" in message
