@@ -8,14 +8,22 @@ The three checks and why they are the ones:
 
 * **PSIS k̂ > 0.7** -- the importance weights ``g / q`` have (effectively) infinite
   variance (Vehtari et al., *Pareto smoothed importance sampling*): the standard
-  error of ``log Z`` and of any reweighted estimate cannot be trusted.
+  error of ``log Z`` and of any reweighted estimate cannot be trusted.  Not when
+  the weight ESS is above 90 % of the draws: rejection layers flatten most weights
+  to one value (``log w ~ log c``), the Pareto fit to the largest ``3 sqrt(n)``
+  weights then sees mostly ties and k̂ is meaningless (measured on the bimodal
+  test model after 18 layers: k̂ = 1.97 at a weight ESS of 99.7 %, the largest of
+  20 000 weights 4.5 times the typical one).
 * **weight ESS < 1 % of the draws** -- the weights are so uneven that a handful of
   draws carry the evidence; the estimate is noise even when k̂ looks fine.
 * **not converged** -- the draws themselves (what ``MCMC`` and ``get_samples``
   return, unweighted) are biased by ``KL(q || posterior)``, which the draws estimate
   as ``log Z - ELBO``.  By Pinsker's inequality no probability under ``q`` is off
-  by more than ``sqrt(KL / 2)``.  We warn when that bound exceeds 0.15
-  (``KL > 0.045``), and say what to change from the ELBO record: if the last
+  by more than ``sqrt(KL / 2)``.  We warn when that bound exceeds 0.05
+  (``KL > 0.005``): measured on the bimodal test model, mode-weight errors were
+  about half the bound (0.063 at KL = 0.038, 0.019 at 0.011, 0.007 at 0.003), so
+  a looser threshold lets errors users care about through.  The message says
+  what to change from the ELBO record: if the last
   rejection layer still raised the ELBO by more than a tenth of the remaining gap,
   the chain is still improving at the top and wants more layers (``num_blocks``);
   if not, the layers have stopped helping and the CNFs need more iterations or
@@ -36,7 +44,8 @@ __all__ = ["JKOWarning", "fit_diagnostics", "check_fit"]
 
 PARETO_K_THRESHOLD = 0.7
 MIN_ESS_FRACTION = 0.01
-MAX_PINSKER_BOUND = 0.15
+MAX_PINSKER_BOUND = 0.05
+FLAT_WEIGHTS_ESS_FRACTION = 0.9
 
 
 class JKOWarning(UserWarning):
@@ -150,7 +159,8 @@ def check_fit(diagnostics: dict, *, warn: bool = True, stacklevel: int = 2) -> l
         "train longer or wider (JKOConfig.num_iterations, num_particles, num_cnf, "
         "num_blocks)"
     )
-    if np.isfinite(k) and k > PARETO_K_THRESHOLD:
+    flat = n and np.isfinite(ess) and ess >= FLAT_WEIGHTS_ESS_FRACTION * n
+    if np.isfinite(k) and k > PARETO_K_THRESHOLD and not flat:
         messages.append(
             f"PSIS k-hat = {k:.2f} > {PARETO_K_THRESHOLD}: the importance weights "
             "have effectively infinite variance, so log Z +- se and reweighted "
@@ -178,9 +188,10 @@ def check_fit(diagnostics: dict, *, warn: bool = True, stacklevel: int = 2) -> l
             advice = "the layers stopped improving it: train the CNFs longer "
             advice += "(num_iterations) on more particles (num_particles)"
         messages.append(
-            f"not converged: KL(q || posterior) ~ log Z - ELBO = {kl:.3f} nats, so "
+            f"not converged: KL(q || posterior) ~ log Z - ELBO = {kl:.4f} nats, so "
             f"unweighted draws may misstate probabilities by up to "
-            f"{math.sqrt(kl / 2):.2f} (Pinsker){moved}; {advice}."
+            f"{math.sqrt(kl / 2):.2f} (Pinsker){moved}; {advice}. Importance "
+            "weights (log_weight, get_weighted_samples) remove this bias."
         )
     if warn:
         for message in messages:

@@ -344,7 +344,7 @@ class NeuralJKO(MCMCKernel):
         latent_steps: int = 200,
         block_size: int = 8192,
         num_check_draws: int = 8192,
-        refit_draws: int = 16384,
+        refit_draws: int = 65536,
     ):
         if not (model is None) ^ (potential_fn is None):
             raise ValueError("Only one of `model` or `potential_fn` must be specified.")
@@ -717,7 +717,7 @@ class JKOSampler:
         init_strategy=init_to_median,
         latent_steps: int = 200,
         num_evidence_draws: int = 20_000,
-        refit_draws: int = 16384,
+        refit_draws: int = 65536,
     ):
         if model is None:
             raise ValueError("JKOSampler needs a NumPyro model.")

@@ -126,41 +126,47 @@ def _reference_flat():
     return out
 
 
-MIXED_CONFIG = JKOConfig(
-    num_particles=8192, num_cnf=3, num_blocks=2, num_iterations=300
-)
+# Four blocks of rejection layers: on the bimodal model the mode weights were off by
+# 0.019 after three blocks and by 0.003-0.007 after four.
+SLOW_CONFIG = JKOConfig(num_particles=4096, num_iterations=200, num_blocks=4)
 
 
 @pytest.mark.slow
 def test_mixed_supports_against_nuts_reference():
     # Training happens inside MCMC (NeuralJKO.init), the model route end to end.
-    kernel = NeuralJKO(models.mixed_supports, config=MIXED_CONFIG, progress_bar=False)
+    kernel = NeuralJKO(models.mixed_supports, config=SLOW_CONFIG, progress_bar=False)
     mcmc = MCMC(kernel, num_warmup=0, num_samples=6000, progress_bar=False)
-    with _tiny_chain_warnings_allowed():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", JKOWarning)
         mcmc.run(jax.random.key(3), models.MIXED_Y)
+    warned = any(issubclass(w.category, JKOWarning) for w in caught)
     samples = _mixed_flat(mcmc.get_samples())
     extra = mcmc.get_extra_fields()
     log_w = np.asarray(-extra["potential_energy"] - extra["log_density"], np.float64)
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
-    reference = _reference_flat()
-    for name, ref in reference.items():
+    ess = 1.0 / np.sum(w**2)
+    raw_error = 0.0
+    for name, ref in _reference_flat().items():
         x = samples[name]
-        # Importance-corrected moments are consistent whatever is left of the
-        # chain's bias: within 5 combined standard errors (weight-ESS based).
-        ess = 1.0 / np.sum(w**2)
-        se = np.hypot(ref["sd"] / np.sqrt(ess), ref["mcse"])
-        assert abs(np.sum(w * x) - ref["mean"]) < 5 * se, name
-        # Raw draws: the chain itself is close (a tenth of a posterior sd).
-        assert abs(x.mean() - ref["mean"]) < 0.1 * ref["sd"] + 4 * se, name
-        assert abs(x.std() - ref["sd"]) < 0.1 * ref["sd"], name
+        # Importance-corrected moments are consistent whatever bias the chain has
+        # left: within 5 combined standard errors (weight-ESS based).
+        se_mean = np.hypot(ref["sd"] / np.sqrt(ess), ref["mcse"])
+        mean = np.sum(w * x)
+        assert abs(mean - ref["mean"]) < 5 * se_mean, name
+        sd = np.sqrt(np.sum(w * (x - mean) ** 2))
+        assert abs(sd - ref["sd"]) < 5 * ref["sd"] / np.sqrt(2 * ess), name
+        # Raw draws are close; the sampler must say so when they are not.
+        errors = abs(x.mean() - ref["mean"]), abs(x.std() - ref["sd"])
+        raw_error = max(raw_error, max(errors) / ref["sd"])
+    assert raw_error < 0.25
+    assert warned or raw_error < 0.1
 
 
 @pytest.mark.slow
 def test_bimodal_mode_weights_and_evidence():
     weight, log_z = models.bimodal_exact()
-    config = JKOConfig(num_particles=8192, num_iterations=300, num_blocks=3)
-    sampler = JKOSampler(models.bimodal, config, progress_bar=False)
+    sampler = JKOSampler(models.bimodal, SLOW_CONFIG, progress_bar=False)
     sampler.run(jax.random.key(5), models.BIMODAL_Y)
     x = np.asarray(sampler.get_samples(jax.random.key(6), 20000)["x"])
     assert abs(np.mean(x > 0) - weight) < 0.02
@@ -433,8 +439,8 @@ def test_check_fit_messages():
         "pareto_k": 0.3,
         "weight_ess": 5000.0,
         "num_draws": 10000,
-        "kl": 0.01,
-        "elbo_per_layer": (-3.0, -2.99),
+        "kl": 0.001,
+        "elbo_per_layer": (-3.0, -2.999),
         "log_c": (0.1, 0.1),
     }
     assert check_fit(good, warn=False) == []
