@@ -271,8 +271,9 @@ class NeuralJKO(MCMCKernel):
     construction: it cannot detect a mode the trained chain misses; read
     :meth:`diagnostics` instead).  ``chain_method`` may be ``"sequential"``,
     ``"vectorized"`` or ``"parallel"``.  Under ``"parallel"``, ``init`` runs inside
-    ``pmap`` where the key is abstract: training then uses ``jax.random.key(0)``
-    unless :meth:`fit` was called first with a key of your choice.
+    ``pmap``, where nothing can be trained: call :meth:`fit` first (or use
+    :meth:`from_sampler`); ``"vectorized"`` is as fast here, since drawing runs on
+    the host anyway.
 
     Parameters
     ----------
@@ -416,8 +417,8 @@ class NeuralJKO(MCMCKernel):
     def fit(self, rng_key, *model_args, init_params=None, **model_kwargs):
         """Train the chain now (``MCMC.run`` then reuses it for these arguments).
 
-        Useful to choose the training key under ``chain_method="parallel"``, or to
-        train once and run ``MCMC`` several times.
+        Needed before ``chain_method="parallel"`` (``init`` runs inside ``pmap``
+        there); also to train once and run ``MCMC`` several times.
 
         Parameters
         ----------
@@ -553,11 +554,19 @@ class NeuralJKO(MCMCKernel):
         if not_jax_tracer(first_key):
             self._ensure_fit(first_key, first_params, model_args, model_kwargs)
         else:
-            # Inside pmap (chain_method="parallel") the key is abstract; training
-            # is host-side Python, so it runs eagerly with a fixed key (documented).
-            with jax.ensure_compile_time_eval():
-                self._ensure_fit(
-                    jax.random.key(0), first_params, model_args, model_kwargs
+            # Inside pmap (chain_method="parallel") everything is traced, and
+            # training (host-side loops over compiled diffrax solves) cannot run
+            # there: it must have happened before, for these arguments.
+            fit = self._fit_result
+            if fit is None or not _same_args(
+                (fit.model_args, fit.model_kwargs),
+                (tuple(model_args), dict(model_kwargs or {})),
+            ):
+                raise RuntimeError(
+                    "NeuralJKO.init runs inside pmap with chain_method='parallel', "
+                    "where the chain cannot be trained: call kernel.fit(rng_key, "
+                    "*model_args, **model_kwargs) first (or build the kernel with "
+                    "NeuralJKO.from_sampler), or use chain_method='vectorized'."
                 )
         fit = self._fit_result
         target = fit.target
