@@ -25,7 +25,7 @@ from numpyro_models import BIMODAL_Y, bimodal, bimodal_exact  # noqa: E402
 from numpyro_jko import JKOConfig, JKOSampler, NeuralJKO  # noqa: E402
 
 NUM_CHAINS, NUM_SAMPLES = 4, 2000
-CONFIG = JKOConfig(num_particles=4096, num_iterations=200, num_blocks=4)
+CONFIG = JKOConfig(num_particles=4096, num_iterations=200, num_blocks=5)
 
 
 def main():

@@ -146,7 +146,7 @@ def check_fit(diagnostics: dict, *, warn: bool = True, stacklevel: int = 2) -> l
 
     Examples
     --------
-    >>> d = {"pareto_k": 0.9, "weight_ess": 50.0, "num_draws": 10000, "kl": 0.01,
+    >>> d = {"pareto_k": 0.9, "weight_ess": 50.0, "num_draws": 10000, "kl": 0.001,
     ...      "elbo_per_layer": (-3.0, -2.0), "layer_kinds": "CR", "log_c": (0.1,)}
     >>> [m.split(":")[0] for m in check_fit(d, warn=False)]
     ['PSIS k-hat = 0.90 > 0.7', 'weight ESS = 50 of 10000 draws (0.5%)']
