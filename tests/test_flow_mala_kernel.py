@@ -20,7 +20,7 @@ from numpyro_jko.flow_mala import SpreadInit, to_inference_data
 NUM_WALKERS = 32
 WEIGHTS = (0.8, 0.2)
 CENTRES = ((-2.5, 0.0), (2.5, 0.0))
-SMALL_FLOW = CouplingFlowProposal(num_layers=3, hidden=(16,))
+SMALL_FLOW = CouplingFlowProposal(num_layers=2, hidden=(16,))
 
 
 def bimodal_model():
@@ -47,7 +47,7 @@ def split_init():
     }
 
 
-def run_bimodal(global_every, num_warmup=400, num_samples=400, seed=0):
+def run_bimodal(global_every, num_warmup=300, num_samples=300, seed=0):
     kernel = FlowMALA(
         bimodal_model,
         proposal=SMALL_FLOW,
@@ -110,7 +110,7 @@ def test_mode_weights_plain_mala_fails(mala_run):
 def test_step_size_and_flow_frozen_after_warmup(flow_run):
     kernel, mcmc, post_warmup = flow_run
     last = mcmc.last_state
-    assert int(post_warmup.i) == 400 and int(last.i) == 800
+    assert int(post_warmup.i) == 300 and int(last.i) == 600
     assert float(last.step_size) == float(post_warmup.step_size)
     frozen, final = post_warmup.proposal_state, last.proposal_state
     for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(final), strict=True):
@@ -152,15 +152,15 @@ def test_evidence_of_normalized_target_within_3_se(flow_run):
 def test_extra_fields_have_walker_axis(flow_run):
     _, mcmc, _ = flow_run
     fields = mcmc.get_extra_fields(group_by_chain=True)
-    assert fields["accept_prob"].shape == (NUM_WALKERS, 400)
-    assert fields["global_accept_prob"].shape == (NUM_WALKERS, 400)
+    assert fields["accept_prob"].shape == (NUM_WALKERS, 300)
+    assert fields["global_accept_prob"].shape == (NUM_WALKERS, 300)
     assert np.all((fields["accept_prob"] >= 0) & (fields["accept_prob"] <= 1))
 
 
 def test_inference_data_carries_evidence(flow_run):
     _, mcmc, _ = flow_run
     idata = to_inference_data(mcmc, num_samples=2000)
-    assert idata.posterior["x"].shape == (NUM_WALKERS, 400, 2)
+    assert idata.posterior["x"].shape == (NUM_WALKERS, 300, 2)
     for name in ("log_evidence", "log_evidence_se", "weight_ess", "pareto_k"):
         assert np.isfinite(idata.attrs[name]), name
 
