@@ -123,7 +123,9 @@ class JKOChain(NamedTuple):
 
 
 def latent_energy(x, mean, scale):
-    """``-log N(x; mean, scale^2 I)`` per row of ``x``.
+    """``-log N(x; mean, diag(scale)^2)`` per row of ``x``.
+
+    ``scale`` is a scalar or a vector of per-coordinate scales.
 
     Examples
     --------
@@ -133,8 +135,11 @@ def latent_energy(x, mean, scale):
     """
     dim = x.shape[-1]
     eps = (x - mean) / scale
-    return 0.5 * jnp.sum(eps * eps, axis=-1) + dim * (
-        0.5 * math.log(2 * math.pi) + jnp.log(scale)
+    log_scale = jnp.sum(jnp.broadcast_to(jnp.log(scale), (dim,)))
+    return (
+        0.5 * jnp.sum(eps * eps, axis=-1)
+        + 0.5 * dim * math.log(2 * math.pi)
+        + log_scale
     )
 
 

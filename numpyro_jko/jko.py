@@ -106,7 +106,10 @@ class JKOConfig(NamedTuple):
     learning_rate, final_lr_fraction : float
     latent_mean : array or None
         Mean of the Gaussian latent (``None``: zero).
-    latent_scale : float
+    latent_scale : float or array
+        Scale of the Gaussian latent: a scalar or one scale per coordinate (a
+        latent matched to the target's spread saves the first CNFs most of their
+        work; see ``benchmarks/paper_targets.py``).
     reuse_particles : bool
         Push the training particles through each new CNF (exact densities) instead
         of redrawing ``N`` from the whole chain, when the next layer is a CNF.
@@ -324,6 +327,14 @@ def fit(
     latent_mean = jnp.zeros(dim, dtype)
     if config.latent_mean is not None:
         latent_mean = jnp.broadcast_to(jnp.asarray(config.latent_mean, dtype), (dim,))
+    latent_scale = jnp.asarray(config.latent_scale, dtype)
+    if latent_scale.ndim > 1 or latent_scale.size not in (1, dim):
+        raise ValueError(
+            f"latent_scale must be a scalar or a vector of length dim={dim}, got "
+            f"shape {latent_scale.shape}."
+        )
+    if not bool(jnp.all(latent_scale > 0)):
+        raise ValueError(f"latent_scale must be positive, got {config.latent_scale}.")
     spec = CNFSpec(
         dim=dim,
         hidden=config.hidden or 2 * dim + 30,
@@ -337,14 +348,14 @@ def fit(
         logdensity_fn=logdensity_fn,
         spec=spec,
         latent_mean=latent_mean,
-        latent_scale=jnp.asarray(config.latent_scale, dtype),
+        latent_scale=latent_scale,
         layers=(),
         density_divergence=density_divergence,
     )
 
     key_data, key_train = jax.random.split(rng_key)
     # Validate on a few latent draws before compiling anything expensive.
-    probe_x = latent_mean + config.latent_scale * jax.random.normal(key_data, (64, dim))
+    probe_x = latent_mean + latent_scale * jax.random.normal(key_data, (64, dim))
     _check_target(logdensity_fn, dim, probe_x)
     x, energy, log_g = (
         jnp.asarray(a) for a in draw(key_data, chain, config.num_particles)
