@@ -29,8 +29,16 @@ The three checks and why they are the ones:
   if not, the layers have stopped helping and the CNFs need more iterations or
   particles.  The change in the rejection constant ``log c`` between the last two
   layers is reported alongside: it settles once the weights stop changing shape.
-  (Rejection *rates* are no signal: each layer's ``c`` is fitted to hit the
-  target rate on the training particles.)
+  (In-sample rejection *rates* are no signal: each layer's ``c`` is fitted to hit
+  the target rate on the training particles.)
+* **the top layer still rejects too much** -- the out-of-sample version of the
+  rejection rate (:func:`top_rejection_rate`): one more rejection layer with the
+  converged constant ``c = Z / (1 - r)`` would reject exactly the target rate ``r``
+  of the draws if the chain were the posterior, and more otherwise (``min`` is
+  concave and ``E_q[w] = Z``).  The excess over ``r`` is the mass on which the
+  chain undershoots the posterior by more than the factor ``1 - r``; we warn when
+  the rate exceeds ``r`` by more than :data:`MAX_EXCESS_REJECTION` (two
+  percentage points).
 """
 
 from __future__ import annotations
@@ -40,12 +48,13 @@ import warnings
 
 import numpy as np
 
-__all__ = ["JKOWarning", "fit_diagnostics", "check_fit"]
+__all__ = ["JKOWarning", "fit_diagnostics", "check_fit", "top_rejection_rate"]
 
 PARETO_K_THRESHOLD = 0.7
 MIN_ESS_FRACTION = 0.01
 MAX_PINSKER_BOUND = 0.05
 FLAT_WEIGHTS_ESS_FRACTION = 0.9
+MAX_EXCESS_REJECTION = 0.02
 
 
 class JKOWarning(UserWarning):
@@ -62,7 +71,44 @@ class JKOWarning(UserWarning):
     """
 
 
-def fit_diagnostics(info, evidence) -> dict:
+def top_rejection_rate(log_weights, log_Z, rejection_rate: float = 0.2) -> float:
+    """Rate at which one more rejection layer at the converged constant would reject.
+
+    With draws ``x_i ~ q`` and ``log w_i = log g(x_i) - log q(x_i)``, a rejection
+    layer with ``c = Z / (1 - r)`` accepts with ``alpha = min(1, (1 - r) w / Z)``.
+    If ``q`` is the posterior, ``w = Z`` everywhere and the layer rejects exactly
+    ``r``; otherwise it rejects more (Jensen: ``E_q[alpha] <= (1 - r)``).  Unlike
+    the rates found while training (each ``c`` is fitted to hit ``r`` on its own
+    particles), this is measured on fresh draws of the finished chain.
+
+    Parameters
+    ----------
+    log_weights : array
+        ``log g - log q`` of fresh draws (non-finite entries are weight 0).
+    log_Z : float
+        Evidence estimate from the same draws.
+    rejection_rate : float
+        The target rate ``r`` of the chain's rejection layers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> top_rejection_rate(np.zeros(1000), 0.0)  # q = posterior: exactly r
+    0.2
+    >>> round(top_rejection_rate(np.log([0.5, 1.5]), 0.0), 3)  # uneven weights: more
+    0.3
+    """
+    log_w = np.asarray(log_weights, dtype=np.float64)
+    log_w = np.where(np.isnan(log_w), -np.inf, log_w)
+    if not np.isfinite(log_Z) or log_w.size == 0:
+        return float("nan")
+    log_alpha = np.minimum(0.0, log_w - log_Z + math.log1p(-rejection_rate))
+    return float(round(1.0 - np.mean(np.exp(log_alpha)), 12))
+
+
+def fit_diagnostics(
+    info, evidence, top_rate: float = float("nan"), rejection_rate: float = 0.2
+) -> dict:
     """One flat dict of what a user needs to judge a trained chain.
 
     Parameters
@@ -71,6 +117,10 @@ def fit_diagnostics(info, evidence) -> dict:
         Training record from :func:`numpyro_jko.jko.fit`.
     evidence : Evidence or None
         :func:`numpyro_jko.evidence.log_evidence` on fresh draws of the chain.
+    top_rate : float
+        :func:`top_rejection_rate` of the same draws (NaN: not measured).
+    rejection_rate : float
+        The chain's target rate (``JKOConfig.rejection_rate``).
 
     Returns
     -------
@@ -79,7 +129,8 @@ def fit_diagnostics(info, evidence) -> dict:
         ``weight_ess_fraction``, ``pareto_k``, ``num_draws`` (from ``evidence``, NaN
         when it is None); per layer ``layer_kinds``, ``elbo_per_layer``,
         ``rejection_rates``, ``log_c``, ``final_losses`` (last loss of each CNF),
-        ``layer_seconds``; ``train_seconds``, ``compile_seconds`` and
+        ``layer_seconds``; ``top_rejection_rate`` (``top_rate``) and
+        ``target_rejection_rate``; ``train_seconds``, ``compile_seconds`` and
         ``num_nonfinite`` training particles.
 
     Examples
@@ -88,7 +139,7 @@ def fit_diagnostics(info, evidence) -> dict:
     >>> from numpyro_jko.jko import JKOInfo
     >>> from numpyro_jko.evidence import log_evidence
     >>> info = JKOInfo(("C", "R"), (0.05,), (np.array([1.0, 0.5]),), (-2.0, -1.9),
-    ...                (0.3,), (0.1,), (0.2,), (1.0, 0.1), 0.5, 1.6, 0)
+    ...                (0.3,), (0.1,), (1.0, 0.1), 0.5, 1.6, 0)
     >>> d = fit_diagnostics(info, log_evidence(np.zeros(100), np.zeros(100)))
     >>> d["log_Z"], d["weight_ess_fraction"], d["final_losses"]
     (0.0, 1.0, (0.5,))
@@ -125,6 +176,8 @@ def fit_diagnostics(info, evidence) -> dict:
         train_seconds=float(info.train_seconds),
         compile_seconds=float(info.compile_seconds),
         num_nonfinite=int(info.num_nonfinite),
+        top_rejection_rate=float(top_rate),
+        target_rejection_rate=float(rejection_rate),
     )
     return out
 
@@ -192,6 +245,15 @@ def check_fit(diagnostics: dict, *, warn: bool = True, stacklevel: int = 2) -> l
             f"unweighted draws may misstate probabilities by up to "
             f"{math.sqrt(kl / 2):.2f} (Pinsker){moved}; {advice}. Importance "
             "weights (log_weight, get_weighted_samples) remove this bias."
+        )
+    top = diagnostics.get("top_rejection_rate", math.nan)
+    rate = diagnostics.get("target_rejection_rate", math.nan)
+    if np.isfinite(top) and np.isfinite(rate) and top > rate + MAX_EXCESS_REJECTION:
+        messages.append(
+            f"rejection rate still high: one more rejection layer at the converged "
+            f"constant would reject {100 * top:.1f}% of fresh draws, a converged "
+            f"chain {100 * rate:.0f}%: the chain misses posterior mass; add layers "
+            "(JKOConfig.num_blocks) or train the CNFs longer (num_iterations)."
         )
     if warn:
         for message in messages:

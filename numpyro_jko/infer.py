@@ -33,7 +33,7 @@ from numpyro.util import identity, not_jax_tracer
 from numpyro_jko import evidence as evidence_lib
 from numpyro_jko import jko
 from numpyro_jko.chain import chain_from_dict, chain_to_dict
-from numpyro_jko.diagnostics import check_fit, fit_diagnostics
+from numpyro_jko.diagnostics import check_fit, fit_diagnostics, top_rejection_rate
 from numpyro_jko.jko import JKOConfig
 from numpyro_jko.refine import refit_rbar
 from numpyro_jko.target import ModelTarget, fit_latent_mean, model_target
@@ -125,8 +125,13 @@ def _evidence(draws, refit):
     return estimate
 
 
-def _fit_diagnostics(info, refit, estimate):
-    out = fit_diagnostics(info, estimate)
+def _fit_diagnostics(info, refit, estimate, draws=None, rejection_rate=0.2):
+    top_rate = float("nan")
+    if draws is not None and estimate is not None:
+        # Out-of-sample rejection rate of one more layer at the converged constant.
+        log_w = np.asarray(draws[2], np.float64) + np.asarray(draws[1], np.float64)
+        top_rate = top_rejection_rate(log_w, estimate.log_Z, rejection_rate)
+    out = fit_diagnostics(info, estimate, top_rate, rejection_rate)
     if refit is not None:
         out["rbar_in_sample"] = refit.rbar_in_sample
         out["rbar"] = refit.rbar
@@ -520,7 +525,7 @@ class NeuralJKO(MCMCKernel):
                 saved["diagnostics"],
             )
         else:
-            chain, info, refit, estimate, _ = _train(
+            chain, info, refit, estimate, draws = _train(
                 jax.random.fold_in(rng_key, 1),
                 target,
                 self._config,
@@ -530,7 +535,9 @@ class NeuralJKO(MCMCKernel):
                 jax.random.fold_in(rng_key, 2),
                 self._refit_draws,
             )
-            diagnostics = _fit_diagnostics(info, refit, estimate)
+            diagnostics = _fit_diagnostics(
+                info, refit, estimate, draws, self._config.rejection_rate
+            )
             check_fit(diagnostics, stacklevel=4)
             result = _Fit(*args, target, chain, info, refit, estimate, diagnostics)
         self._fit_result = result
@@ -772,7 +779,9 @@ class JKOSampler:
             key_evidence,
             self.refit_draws,
         )
-        diagnostics = _fit_diagnostics(info, refit, estimate)
+        diagnostics = _fit_diagnostics(
+            info, refit, estimate, draws, self.config.rejection_rate
+        )
         self._fit = _Fit(
             tuple(args), dict(kwargs), target, chain, info, refit, estimate, diagnostics
         )
@@ -887,10 +896,13 @@ class JKOSampler:
         """
         fit = self._require_fit()
         if fit.evidence is None:
-            estimate = _evidence(self._evidence_sample(), fit.refit)
+            draws = self._evidence_sample()
+            estimate = _evidence(draws, fit.refit)
             self._fit = fit._replace(
                 evidence=estimate,
-                diagnostics=_fit_diagnostics(fit.info, fit.refit, estimate),
+                diagnostics=_fit_diagnostics(
+                    fit.info, fit.refit, estimate, draws, self.config.rejection_rate
+                ),
             )
         return self._fit.evidence
 
@@ -980,6 +992,7 @@ class JKOSampler:
             "info": fit.info,
             "refit": fit.refit,
             "evidence": self._fit.evidence,
+            "diagnostics": self._fit.diagnostics,
             "evidence_key": np.asarray(jax.random.key_data(self._evidence_key)),
             "latent_steps": self.latent_steps,
             "num_evidence_draws": self.num_evidence_draws,
@@ -1024,7 +1037,7 @@ class JKOSampler:
             info,
             refit,
             estimate,
-            _fit_diagnostics(info, refit, estimate),
+            state.get("diagnostics") or _fit_diagnostics(info, refit, estimate),
         )
         sampler._evidence_key = jax.random.wrap_key_data(state["evidence_key"])
         return sampler

@@ -31,7 +31,7 @@ from numpyro.infer.util import log_density as numpyro_log_density
 
 import numpyro_jko.infer as infer_module
 from numpyro_jko import jko
-from numpyro_jko.diagnostics import JKOWarning, check_fit
+from numpyro_jko.diagnostics import JKOWarning, check_fit, top_rejection_rate
 from numpyro_jko.infer import JKOSampler, NeuralJKO
 from numpyro_jko.jko import JKOConfig
 from numpyro_jko.target import model_target
@@ -502,3 +502,18 @@ def test_check_fit_messages():
     stalled = dict(good, kl=0.5)
     (message,) = check_fit(stalled, warn=False)
     assert "num_iterations" in message
+    good_rate = dict(good, top_rejection_rate=0.205, target_rejection_rate=0.2)
+    assert check_fit(good_rate, warn=False) == []
+    high = dict(good_rate, top_rejection_rate=0.31)
+    with pytest.warns(JKOWarning, match="rejection rate still high.*31.0%"):
+        check_fit(high)
+
+
+def test_top_rejection_rate_is_the_target_rate_only_at_convergence():
+    rng = np.random.default_rng(0)
+    # q = posterior: every weight is Z, the extra layer rejects exactly r.
+    assert top_rejection_rate(np.full(1000, 1.7), 1.7, 0.2) == pytest.approx(0.2)
+    # q misses mass: a 50/50 mixture of weights 0.4 Z and 1.6 Z rejects
+    # 1 - (0.5 * 0.32 + 0.5 * 1.0) = 0.34 in expectation.
+    log_w = np.log(rng.choice([0.4, 1.6], size=200_000))
+    assert top_rejection_rate(log_w, 0.0, 0.2) == pytest.approx(0.34, abs=0.005)
