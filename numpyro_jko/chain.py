@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK = 8192
+MIN_CHUNK = 4096
 
 
 class CNFLayer(NamedTuple):
@@ -261,10 +262,12 @@ class _Stream:
 
 
 def _chunk_shape(n: int, chunk_size: int | None) -> int:
-    # Powers of two from 256 up to the chunk size: a handful of compiled shapes
-    # serve every request size (a new shape per request would recompile).
+    # At most two compiled shapes per chain, MIN_CHUNK and the chunk size: each new
+    # shape compiles every layer's solve again (15-40 s on a 2-core CPU), while a
+    # chunk of 4096 2-D draws per layer costs a fraction of a second.  (Powers of
+    # two from 256 made the quickstart compile four shapes for four request sizes.)
     limit = int(chunk_size or DEFAULT_CHUNK)
-    return min(limit, max(256, 1 << max(int(n) - 1, 0).bit_length()))
+    return min(limit, max(MIN_CHUNK, 1 << max(int(n) - 1, 0).bit_length()))
 
 
 def draw(rng_key, chain: JKOChain, num_samples: int, chunk_size: int | None = None):

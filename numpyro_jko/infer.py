@@ -33,7 +33,12 @@ from numpyro.util import identity, not_jax_tracer
 from numpyro_jko import evidence as evidence_lib
 from numpyro_jko import jko
 from numpyro_jko.chain import chain_from_dict, chain_to_dict
-from numpyro_jko.diagnostics import check_fit, fit_diagnostics, top_rejection_rate
+from numpyro_jko.diagnostics import (
+    FLAT_WEIGHTS_ESS_FRACTION,
+    check_fit,
+    fit_diagnostics,
+    top_rejection_rate,
+)
 from numpyro_jko.jko import JKOConfig
 from numpyro_jko.refine import refit_rbar
 from numpyro_jko.target import ModelTarget, fit_latent_mean, model_target
@@ -931,10 +936,14 @@ class JKOSampler:
         samples = fit.target.postprocess_fn(jnp.asarray(x))
         if exclude_deterministic:
             samples = {k: v for k, v in samples.items() if k in fit.target.latent_sites}
+        khat = f"PSIS k-hat = {est.pareto_k:.2f}"
+        if est.ess >= FLAT_WEIGHTS_ESS_FRACTION * est.num_draws:
+            # Rejection layers flatten the weights; k-hat then fits ties.
+            khat += " (weights nearly flat: k-hat not meaningful)"
         print(
             f"log Z = {est.log_Z:.4f} ± {est.log_Z_se:.4f}   ELBO = {est.elbo:.4f}   "
             f"weight ESS = {est.ess:.0f} / {est.num_draws} "
-            f"({100 * est.ess / est.num_draws:.1f}%)   PSIS k-hat = {est.pareto_k:.2f}"
+            f"({100 * est.ess / est.num_draws:.1f}%)   {khat}"
         )
         print_summary(
             jax.tree.map(np.asarray, samples), prob=prob, group_by_chain=False

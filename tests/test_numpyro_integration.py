@@ -58,7 +58,8 @@ TINY = JKOConfig(
 PLUMBING = JKOConfig(
     num_particles=2048, num_cnf=0, num_blocks=1, rejections_per_block=1, batch_size=256
 )
-# Draw counts of 4097..8192 share one compiled chunk shape with the evidence draws.
+# Draw counts of 4097..8192 share one compiled chunk shape with the evidence draws
+# (requests of up to 4096 draws share the other one).
 N = 8192
 
 
