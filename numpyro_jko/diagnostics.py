@@ -88,7 +88,7 @@ def fit_diagnostics(info, evidence) -> dict:
     >>> from numpyro_jko.jko import JKOInfo
     >>> from numpyro_jko.evidence import log_evidence
     >>> info = JKOInfo(("C", "R"), (0.05,), (np.array([1.0, 0.5]),), (-2.0, -1.9),
-    ...                (0.3,), (0.1,), (0.2,), (1.0, 0.1), 0.5, 1.6, 0)
+    ...                (0.3,), (0.1,), (1.0, 0.1), 0.5, 1.6, 0)
     >>> d = fit_diagnostics(info, log_evidence(np.zeros(100), np.zeros(100)))
     >>> d["log_Z"], d["weight_ess_fraction"], d["final_losses"]
     (0.0, 1.0, (0.5,))
