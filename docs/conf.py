@@ -10,6 +10,7 @@ whole build takes minutes on two CPU cores).
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -88,5 +89,41 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
     return None
 
 
+_SHARED_ENTRY = re.compile(r"^(\s*)(\w+(?:\s*,\s*\w+)+)\s*:\s*(.*)$")
+
+
+def _split_shared_attributes(app, what, name, obj, options, lines):
+    # "a, b : float" in an Attributes section renders as one mangled field once
+    # attributes are a field list (napoleon_use_ivar); give each name its entry.
+    out, i, in_attributes = [], 0, False
+    while i < len(lines):
+        line = lines[i]
+        if line.strip() in ("Attributes", "Parameters", "Returns", "Examples", "Notes"):
+            in_attributes = line.strip() == "Attributes"
+        match = _SHARED_ENTRY.match(line) if in_attributes else None
+        if not match:
+            out.append(line)
+            i += 1
+            continue
+        indent, names, kind = match.groups()
+        body = []
+        i += 1
+        while i < len(lines) and (
+            not lines[i].strip() or lines[i].startswith(indent + " ")
+        ):
+            if not lines[i].strip() and (
+                i + 1 >= len(lines) or not lines[i + 1].startswith(indent + " ")
+            ):
+                break
+            body.append(lines[i])
+            i += 1
+        for item in (n.strip() for n in names.split(",")):
+            out.append(f"{indent}{item} : {kind}" if kind else f"{indent}{item}")
+            out.extend(body)
+    lines[:] = out
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    # Before napoleon (priority 500) turns the numpydoc sections into fields.
+    app.connect("autodoc-process-docstring", _split_shared_attributes, priority=400)
