@@ -404,8 +404,9 @@ def plot_acceptance(
 ):
     """Local (MALA) and global acceptance of a :class:`~numpyro_jko.FlowMALA` run.
 
-    Left: the MALA acceptance per iteration, mean over walkers with the
-    10-90 % band across walkers, and the target acceptance.  Right: the
+    Left: the MALA acceptance per iteration (a moving average over ``window``
+    iterations), mean over walkers with the 10-90 % band across walkers, and the
+    target acceptance.  Right: the
     acceptance of the global (flow) moves, per iteration with a global move,
     and its running mean.  With ``warmup``, the warmup traces come first and a
     line marks where the step size and the proposal were frozen.
@@ -475,8 +476,13 @@ def plot_acceptance(
     fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=figsize, layout="constrained")
 
     mean = np.nanmean(local, axis=0)
-    lo, hi = np.nanquantile(local, [0.1, 0.9], axis=0)
-    ax_l.fill_between(it, lo, hi, color="tab:blue", alpha=0.2, lw=0, label="10-90%")
+    # One iteration's acceptance of one walker is nearly 0 or 1; the band is over
+    # the walkers' moving averages, where a stuck walker shows.
+    smooth = np.stack([_moving_average(row, w) for row in local])
+    lo, hi = np.nanquantile(smooth, [0.1, 0.9], axis=0)
+    ax_l.fill_between(
+        it, lo, hi, color="tab:blue", alpha=0.2, lw=0, label="10-90% of walkers"
+    )
     ax_l.plot(it, _moving_average(mean, w), color="tab:blue", lw=1.2, label="mean")
     if target_accept_prob is not None:
         ax_l.axhline(target_accept_prob, color="k", ls="--", lw=1, label="target")
