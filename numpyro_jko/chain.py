@@ -112,6 +112,19 @@ class JKOChain(NamedTuple):
         """Expected (latent draws, CNF solves) per output draw: ``1.2**#R`` growth.
 
         Uses each layer's fitted ``rbar`` unless ``rate`` is given.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_jko.cnf import CNFSpec
+        >>> from numpyro_jko.rejection import RejectionLayer
+        >>> layers = (CNFLayer(None),) + (RejectionLayer(0.0, 0.2),) * 3
+        >>> chain = JKOChain(lambda x: -0.5 * x @ x, CNFSpec(2, 8), jnp.zeros(2),
+        ...                  jnp.array(1.0), layers)
+        >>> chain.num_cnf, chain.num_rejection
+        (1, 3)
+        >>> [round(v, 3) for v in chain.sampling_cost()]  # 1.2 ** 3 of each
+        [1.728, 1.728]
         """
         latent, solves = 1.0, 0.0
         for layer in self.layers:

@@ -747,6 +747,25 @@ class JKOSampler:
     >>> est = sampler.log_evidence()  # closed form: -6.7441
     >>> bool(abs(est.log_Z + 6.7441) < 4 * est.log_Z_se + 0.01)
     True
+
+    Densities, weights, diagnostics, ArviZ and saving, on the same sampler:
+
+    >>> samples, log_w = sampler.get_weighted_samples(jax.random.key(2), 100)
+    >>> sampler.log_density(samples).shape, log_w.shape
+    ((100,), (100,))
+    >>> sampler.diagnostics()["warnings"]
+    []
+    >>> idata = sampler.to_inference_data(jax.random.key(3), 200, num_chains=2)
+    >>> idata.sample_stats["log_weight"].shape
+    (2, 100)
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "chain.pkl")
+    >>> sampler.save(path)
+    >>> loaded = JKOSampler.load(path, model, progress_bar=False)
+    >>> a = sampler.get_samples(jax.random.key(1), 1000)["mu"]
+    >>> b = loaded.get_samples(jax.random.key(1), 1000)["mu"]
+    >>> bool((a == b).all())  # the same chain: the same draws for a key
+    True
     """
 
     def __init__(
@@ -782,6 +801,10 @@ class JKOSampler:
         finite anywhere NumPyro looks (:func:`~numpyro_jko.target.model_target`).
         At the end, draws ``num_evidence_draws`` fresh draws, estimates ``log Z``
         and warns if the chain cannot be trusted.
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         key_target, key_train, key_evidence = jax.random.split(rng_key, 3)
         target = model_target(
@@ -852,6 +875,10 @@ class JKOSampler:
         -------
         dict
             Arrays of shape ``(num_samples, ...)``.
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         fit = self._require_fit()
         x, _, _ = self._draw(rng_key, num_samples)
@@ -871,6 +898,10 @@ class JKOSampler:
         -------
         samples : dict
         log_weights : Array, shape (num_samples,)
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         fit = self._require_fit()
         x, energy, log_g = self._draw(rng_key, num_samples)
@@ -893,6 +924,10 @@ class JKOSampler:
         Returns
         -------
         Array, shape (n,)
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         fit = self._require_fit()
         flat, log_det = fit.target.unconstrain(samples)
@@ -915,6 +950,10 @@ class JKOSampler:
         Returns
         -------
         Evidence
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         fit = self._require_fit()
         if fit.evidence is None:
@@ -933,6 +972,10 @@ class JKOSampler:
 
         See :func:`numpyro_jko.diagnostics.fit_diagnostics` for the keys; adds
         ``warnings``, the messages of :func:`~numpyro_jko.diagnostics.check_fit`.
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         self.log_evidence()
         out = dict(self._fit.diagnostics)
@@ -944,6 +987,10 @@ class JKOSampler:
 
         The table (:func:`numpyro.diagnostics.print_summary`) is computed on the
         ``num_evidence_draws`` draws, constrained.
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         from numpyro.diagnostics import print_summary
 
@@ -975,6 +1022,10 @@ class JKOSampler:
         splits the i.i.d. draws into that many chains (for ``r_hat``-style tools).
         ``lp`` is the model's log joint and ``log_density`` the sampler's, both on
         the unconstrained space (``lp`` as ``az.from_numpyro`` reports it).
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         from numpyro_jko.inference_data import to_inference_data
 
@@ -1001,6 +1052,10 @@ class JKOSampler:
         The model itself is not saved (closures and handlers rarely pickle): pass
         it to :meth:`load`.  Draws and log densities after ``load`` are identical
         to the original's for the same key.
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         fit = self._require_fit()
         self.log_evidence()
@@ -1037,6 +1092,10 @@ class JKOSampler:
         model : callable
             The same model that was trained (its arguments were saved).
         progress_bar : bool
+
+        Examples
+        --------
+        See :class:`JKOSampler`.
         """
         with open(path, "rb") as f:
             state = pickle.load(f)

@@ -197,6 +197,14 @@ class JKOInfo(NamedTuple):
         Total wall time of :func:`fit`.
     num_nonfinite : int
         Training particles whose target density was not finite at the end.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> info = JKOInfo(("C", "R"), (0.05,), (np.array([1.0, 0.5]),), (-2.0, -1.9),
+    ...                (0.3,), (0.2,), (1.0, 0.1), 0.5, 1.6, 0)
+    >>> info.rejection_rates
+    (0.2,)
     """
 
     layer_kinds: tuple
