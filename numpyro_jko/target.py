@@ -435,7 +435,7 @@ def fit_latent_mean(
     logdensity_fn : callable
         Unnormalized log density of one flat vector.
     init_position : Array, shape (d,)
-    latent_scale : float
+    latent_scale : float or array of shape (d,)
     num_steps, num_draws : int
         Adam steps, and draws per step.  ``num_steps=0`` returns ``init_position``.
     learning_rate : float
@@ -459,6 +459,8 @@ def fit_latent_mean(
     if num_steps <= 0:
         return init_position
     dim = init_position.shape[0]
+    # A scalar or one scale per coordinate (JKOConfig.latent_scale may be a tuple).
+    latent_scale = jnp.asarray(latent_scale, init_position.dtype)
     optimizer = optax.adam(
         optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05)
     )

@@ -521,3 +521,18 @@ def test_top_rejection_rate_is_the_target_rate_only_at_convergence():
     # 1 - (0.5 * 0.32 + 0.5 * 1.0) = 0.34 in expectation.
     log_w = np.log(rng.choice([0.4, 1.6], size=200_000))
     assert top_rejection_rate(log_w, 0.0, 0.2) == pytest.approx(0.34, abs=0.005)
+
+
+def test_latent_mean_fit_takes_a_scale_per_coordinate():
+    # JKOConfig.latent_scale may be a tuple; the latent-mean fit must accept it too.
+    from numpyro_jko.target import fit_latent_mean
+
+    mean = fit_latent_mean(
+        jax.random.key(0),
+        lambda x: -0.5 * jnp.sum((x - 3.0) ** 2),
+        jnp.zeros(2),
+        (0.5, 2.0),
+        num_steps=200,
+    )
+    assert mean.shape == (2,)
+    assert np.allclose(mean, 3.0, atol=0.3)
