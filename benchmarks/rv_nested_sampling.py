@@ -112,17 +112,26 @@ def main(argv=None):
         "--out", type=pathlib.Path, default=HERE / "results" / "rv_nested_sampling.md"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jko-table",
+        type=pathlib.Path,
+        default=None,
+        help="reuse the JKO rows of a table saved by examples/exoplanet_rv.py",
+    )
     args = parser.parse_args(argv)
     problem = ex.PROBLEMS[NAME]
     data = ex.load_rv_dataset(NAME)
 
-    ours = {}
+    ours = (
+        {} if args.jko_table is None else read_jko_table(args.jko_table, problem.title)
+    )
     for n in args.planets:
-        f = ex.fit(problem, data, n, jax.random.key(args.seed + n))
-        ours[n] = f
+        if n not in ours:
+            f = ex.fit(problem, data, n, jax.random.key(args.seed + n))
+            ours[n] = (f.log_Z, f.log_Z_se, f.seconds)
+        z, se, sec = ours[n]
         print(
-            f"JKO, {n} planet(s): log Z = {f.log_Z:.3f} ± {f.log_Z_se:.3f} in {f.seconds:.0f} s",
-            flush=True,
+            f"JKO, {n} planet(s): log Z = {z:.3f} ± {se:.3f} in {sec:.0f} s", flush=True
         )
 
     from numpyro.contrib.nested_sampling import NestedSampler  # x64 from here on

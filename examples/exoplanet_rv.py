@@ -213,24 +213,37 @@ def _start_points(data, problem, model, target, num_peaks):
         A = np.stack([np.cos(ph), np.sin(ph), np.ones_like(tc)], -1)
         coef = np.linalg.lstsq(A / data.rv_err[:, None], resid / data.rv_err)[0]
         resid = resid - A @ coef
-    ptp = float(np.ptp(data.rv))
     lo, hi = np.log(model.period_bounds)
     k_lo, k_hi = model.K_bounds
+    codes = (
+        np.zeros(len(tc), int)
+        if data.instrument is None
+        else np.unique(data.instrument, return_inverse=True)[1]
+    )
+    onehot = (codes[:, None] == np.arange(codes.max() + 1)).astype(float)
     values = []
     for i in range(num_peaks):
-        combo = np.array([found[0][i]] + [p[0] for p in found[1:]])
+        combo = np.sort([found[0][i]] + [p[0] for p in found[1:]])
         if len(np.unique(combo)) < n:
             continue
-        frac = (np.log(np.sort(combo)) - lo) / (hi - lo)
-        for angle in (0.0, np.pi):
+        # Joint circular fit at these periods: a cos + b sin = K cos(phi + lam)
+        # gives each planet's K and mean longitude, so L-BFGS starts on the
+        # right phase (a wrong one left it stuck on 51 Peg's sharp peak).
+        ph = 2 * np.pi * tc[:, None] / combo[None, :]
+        A = np.concatenate([np.cos(ph), np.sin(ph), onehot], 1)
+        coef = np.linalg.lstsq(A / data.rv_err[:, None], data.rv / data.rv_err)[0]
+        a_, b_ = coef[:n], coef[n : 2 * n]
+        K = np.clip(np.hypot(a_, b_), 1.01 * k_lo, 0.99 * k_hi)
+        lam = np.arctan2(-b_, a_)
+        frac = (np.log(combo) - lo) / (hi - lo)
+        for ecc in ([0.2, 0.0], [0.6, 0.6]):
+            # omega = atan2(ecc) shifts M0 = lam - omega, not lam itself.
             values.append(
                 {
                     "log_P_spacings": np.diff(np.concatenate([[0.0], frac, [1.0]])),
-                    "ecc_vec": np.full((n, 2), 0.3),
-                    "phase_vec": np.tile([np.cos(angle), np.sin(angle)], (n, 1)),
-                    "log_K": np.full(
-                        n, np.clip(np.log(0.3 * ptp), np.log(k_lo), np.log(k_hi))
-                    ),
+                    "ecc_vec": np.tile(ecc, (n, 1)),
+                    "phase_vec": np.stack([np.cos(lam), np.sin(lam)], -1),
+                    "log_K": np.log(K),
                     "log_jitter": np.asarray(model.jitter_log_loc),
                 }
             )
@@ -242,27 +255,47 @@ def _start_points(data, problem, model, target, num_peaks):
     return list(np.asarray(flat, np.float64))
 
 
-def latent_gaussian(rng_key, data, problem, model, target, num_peaks=3):
-    """Mean and covariance of the Gaussian the chain starts from (flat, unconstrained).
+def _laplace(target, x_map, prior_cov):
+    """Inverse Hessian at ``x_map``, eigenvalues capped at the largest prior variance."""
+    hess = np.asarray(jax.hessian(target.logdensity_fn)(jnp.asarray(x_map)), np.float64)
+    lam, vecs = np.linalg.eigh(-0.5 * (hess + hess.T))
+    lam = np.maximum(lam, 1.0 / np.max(np.diag(prior_cov)))
+    return (vecs / lam) @ vecs.T
 
-    ``"prior"``: moments of prior draws.  ``"laplace"``: the MAP over periodogram
-    starts, with the inverse Hessian there; its eigenvalues are capped at the
-    largest prior variance, so directions the data leave free (a planet the data
-    do not need) keep a prior-sized spread instead of an infinite one.
-    """
-    prior_mean, prior_cov = prior_moments(rng_key, model, target)
-    if problem.latent == "prior":
-        return prior_mean, prior_cov, None
+
+def _map_laplace(data, problem, model, target, prior_mean, prior_cov, num_peaks):
     if model.num_planets == 0:
         x_map, lp_map = find_map(target, [prior_mean])
     else:
         starts = _start_points(data, problem, model, target, num_peaks)
         x_map, lp_map = find_map(target, starts)
-    hess = np.asarray(jax.hessian(target.logdensity_fn)(jnp.asarray(x_map)), np.float64)
-    lam, vecs = np.linalg.eigh(-0.5 * (hess + hess.T))
-    lam = np.maximum(lam, 1.0 / np.max(np.diag(prior_cov)))
-    cov = (vecs / lam) @ vecs.T
-    return x_map, cov, lp_map
+    return x_map, _laplace(target, x_map, prior_cov), lp_map
+
+
+def latent_gaussian(rng_key, data, problem, model, target, num_peaks=3):
+    """Mean and covariance of the Gaussian the chain starts from (flat, unconstrained).
+
+    ``"prior"``: moments of prior draws.  ``"laplace"``: the MAP over periodogram
+    starts, with the inverse Hessian there; its eigenvalues are capped at the
+    largest prior variance, so directions the data leave free keep a prior-sized
+    spread instead of an infinite one.  Returns ``(mean, cov, label)``.
+
+    A known gap: in an over-complete model (2 planets where the data hold one)
+    most of the posterior mass has the extra planet weak and spread over its
+    whole prior, far from any MAP, so the Laplace latent misses it and ``log Z``
+    comes out low (BL2009 data set 1: about -114 where 1 planet gives -99).  A
+    moment-matched Gaussian of "(n-1)-planet fit + a weak prior planet" was
+    tried and is far worse (its importance-sampling log Z was -253): the two
+    orderings of the planets make that region two disjoint pieces.
+    """
+    key_prior, _ = jax.random.split(rng_key)
+    prior_mean, prior_cov = prior_moments(key_prior, model, target)
+    if problem.latent == "prior":
+        return prior_mean, prior_cov, "prior"
+    x_map, cov, _ = _map_laplace(
+        data, problem, model, target, prior_mean, prior_cov, num_peaks
+    )
+    return x_map, cov, "laplace"
 
 
 def prior_moments(rng_key, model, target, num_draws=20_000):
@@ -333,6 +366,7 @@ class Fit(NamedTuple):
     kl: float
     seconds: float
     warnings: tuple
+    latent: str  # which Gaussian the chain started from (latent_gaussian)
 
 
 def fit(problem: Problem, data, num_planets: int, rng_key, *, quick=False):
@@ -352,7 +386,7 @@ def fit(problem: Problem, data, num_planets: int, rng_key, *, quick=False):
     # One ModelTarget serves the latent and the whitened model: building it runs
     # the model eagerly (seconds of compilation each time).
     target = model_target(model)
-    mean, cov, _ = latent_gaussian(key_latent, data, problem, model, target)
+    mean, cov, latent = latent_gaussian(key_latent, data, problem, model, target)
     config = preset(problem, num_planets, quick)
     # The whitened latent N(0, I) is the Laplace (or prior) Gaussian; widened a
     # little so that its tails cover the posterior's.
@@ -382,6 +416,7 @@ def fit(problem: Problem, data, num_planets: int, rng_key, *, quick=False):
         float(est.log_Z - est.elbo),
         time.perf_counter() - t0,
         tuple(str(w.message) for w in caught if issubclass(w.category, JKOWarning)),
+        latent,
     )
 
 
@@ -398,7 +433,8 @@ def time_grid_step(t, tol=1e-3):
     """Common step of the observation times, if they all sit on one grid (else None).
 
     Data on a grid of step ``D`` cannot tell frequency ``f`` from ``f + k / D``:
-    every such alias fits exactly as well.
+    every such alias fits exactly as well.  Only a grid with at most ten slots
+    per observation counts: any times are "on a grid" of a small enough step.
 
     Examples
     --------
@@ -407,11 +443,14 @@ def time_grid_step(t, tol=1e-3):
     >>> time_grid_step([0.0, 1.0, 2.5]) is None
     True
     """
-    d = np.diff(np.sort(np.asarray(t, np.float64)))
+    t = np.sort(np.asarray(t, np.float64))
+    d = np.diff(t)
     d = d[d > tol]
     step = d.min()
     k = d / step
-    return float(step) if np.all(np.abs(k - np.round(k)) < tol * k.max()) else None
+    on_grid = np.all(np.abs(k - np.round(k)) < tol * k.max())
+    coarse = (t[-1] - t[0]) / step <= 10 * len(t)
+    return float(step) if on_grid and coarse else None
 
 
 # ----------------------------------------------------------------------------------
@@ -433,14 +472,15 @@ def evidence_rows(fits):
         rows.append(
             f"| {f.problem.title} | {f.num_planets} | {f.log_Z:.3f} ± {f.log_Z_se:.3f} "
             f"| {bf} | {f.ess / f.num_draws:.2f} | {f.pareto_k:.2f} | {f.kl:.3f} "
-            f"| {f.seconds:.0f} | {'**' + str(best) + '**' if f.num_planets == best else ''} |"
+            f"| {f.latent} | {f.seconds:.0f} "
+            f"| {'**' + str(best) + '**' if f.num_planets == best else ''} |"
         )
     return rows, best
 
 
 TABLE_HEAD = (
     "| data set | planets | log Z ± se | log BF vs one fewer | ESS/n | PSIS k "
-    "| KL (nats) | s | chosen |\n|---|---|---|---|---|---|---|---|---|"
+    "| KL (nats) | latent | s | chosen |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -451,14 +491,16 @@ TABLE_HEAD = (
 def plot_log_period(fits, rng_key, path):
     """Importance-weighted posterior of log10 P over the whole prior range.
 
-    The counts axis is logarithmic, so that a mode holding 1e-3 of the mass is as
-    visible as the main one; an inset-free second row zooms on the main mode.
+    One column per fit.  The top panel covers the whole prior with a
+    logarithmic mass axis, so that a mode holding 1e-4 of the mass is as visible
+    as the main one; below it, one zoom per planet on the range of its draws.
     """
     import matplotlib.pyplot as plt
 
     fits = [f for f in fits if f.num_planets > 0]
+    rows = 1 + max(f.num_planets for f in fits)
     fig, axes = plt.subplots(
-        2, len(fits), figsize=(5.5 * len(fits), 6.5), squeeze=False
+        rows, len(fits), figsize=(5.5 * len(fits), 3.2 * rows), squeeze=False
     )
     for col, (f, key) in enumerate(
         zip(fits, jax.random.split(rng_key, len(fits)), strict=True)
@@ -467,27 +509,34 @@ def plot_log_period(fits, rng_key, path):
         logp = np.log10(samples["P"])
         step = time_grid_step(f.data.t)
         lo, hi = np.log10(f.problem.period_bounds)
-        for row in range(2):
-            a, b = lo, hi
+        ax = axes[0, col]
+        for p in range(f.num_planets):
+            hist, edges = np.histogram(logp[:, p], bins=400, range=(lo, hi), weights=w)
+            ax.stairs(hist, edges, label=f"planet {p + 1}", color=f"C{p}")
+        if step is not None:
+            _mark_aliases(ax, np.median(samples["P"], 0), step, (lo, hi))
+        ax.set_title(f"{f.problem.title}: {f.num_planets}-planet model")
+        if f.num_planets > 1 or step is not None:
+            ax.legend(fontsize=8)
+        for p in range(f.num_planets):
+            ax = axes[1 + p, col]
+            x = logp[:, p]
+            q = np.quantile(x, [0.001, 0.999])
+            pad = 0.1 * (q[1] - q[0]) + 1e-4
+            hist, edges = np.histogram(
+                x, bins=200, range=(q[0] - pad, q[1] + pad), weights=w
+            )
+            ax.stairs(hist, edges, color=f"C{p}")
+            ax.set_title(f"planet {p + 1}: zoom on its draws")
+        for row in range(rows):
             ax = axes[row, col]
-            for p in range(f.num_planets):
-                x = logp[:, p]
-                if row == 1:
-                    q = np.quantile(x, [0.001, 0.999])
-                    pad = 0.1 * (q[1] - q[0]) + 1e-4
-                    a, b = q[0] - pad, q[1] + pad
-                hist, edges = np.histogram(x, bins=300, range=(a, b), weights=w)
-                ax.stairs(hist, edges, label=f"planet {p + 1}", fill=False)
+            if row > f.num_planets:
+                ax.set_visible(False)
+                continue
             ax.set_yscale("log")
             ax.set_ylim(1e-5, 1.5)
-            if row == 0 and step is not None:
-                _mark_aliases(ax, np.median(samples["P"], 0), step, (lo, hi))
             ax.set_xlabel("log10(P / day)")
             ax.set_ylabel("posterior mass per bin")
-            title = f"{f.problem.title}: {f.num_planets}-planet model"
-            ax.set_title(title if row == 0 else "zoom on the draws' range")
-            if f.num_planets > 1:
-                ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -508,8 +557,6 @@ def _mark_aliases(ax, periods, step, log10_bounds):
                 label = "exact aliases (time grid): not sampled" if first else None
                 ax.axvline(x, color="0.6", ls=":", lw=1, label=label)
                 first = False
-    if not first:
-        ax.legend(fontsize=8, loc="upper left")
 
 
 def _planet_signals(f: Fit, samples, i, t):
@@ -582,7 +629,6 @@ def plot_orbits(f: Fit, rng_key, path, num_curves=50):
         others = sig_best.sum(0) - sig_best[p]
         y = d.rv - off[best][codes] - others
         if multimodal and p == 0:
-            tt = np.linspace(d.t.min(), d.t.max(), 1000)
             pad = 0.1 * np.ptp(d.t)
             tt = np.linspace(d.t.min() - pad, d.t.max() + pad, 2000)
             for i in pick:
@@ -617,26 +663,10 @@ def plot_orbits(f: Fit, rng_key, path, num_curves=50):
             axr.set_xlabel("orbital phase (mean anomaly / 2 pi)")
         for k, name in enumerate(names):
             m = codes == k
+            style = dict(fmt="o", ms=3, color=f"C{k + 1}", elinewidth=0.8)
             label = None if len(names) == 1 else f"instrument {name}"
-            ax.errorbar(
-                x_data[m],
-                y[m],
-                err[m],
-                fmt="o",
-                ms=3,
-                color=f"C{k + 1}",
-                elinewidth=0.8,
-                label=label,
-            )
-            axr.errorbar(
-                x_data[m],
-                resid[m],
-                err[m],
-                fmt="o",
-                ms=3,
-                color=f"C{k + 1}",
-                elinewidth=0.8,
-            )
+            ax.errorbar(x_data[m], y[m], err[m], label=label, **style)
+            axr.errorbar(x_data[m], resid[m], err[m], **style)
         axr.axhline(0.0, color="k", lw=0.8)
         ax.set_ylabel(f"RV - offset - other planets [{unit_v}]")
         axr.set_ylabel(f"residual [{unit_v}]")
