@@ -349,6 +349,7 @@ def keplerian_model(
     t_ref=None,
     offset_scale=None,
     jitter_log_scale=2.0,
+    jitter_log_loc=None,
     e_max=0.99,
     phase_concentration=8,
     marginalize_offsets=False,
@@ -407,7 +408,8 @@ def keplerian_model(
     ``offset``, shape ``(num_instruments,)`` (absent if ``marginalize_offsets``)
         ``Normal(mean of that instrument's rv, offset_scale)``.
     ``log_jitter``, shape ``(num_instruments,)``
-        ``Normal(log(median rv_err of that instrument), jitter_log_scale)``:
+        ``Normal(log(median rv_err of that instrument), jitter_log_scale)`` (the
+        mean can be set with ``jitter_log_loc``):
         the jitter is a priori of the order of the quoted errors, with a
         factor ``exp(2 * 2) ~ 55`` either way inside the 95% interval by
         default.
@@ -458,6 +460,11 @@ def keplerian_model(
         above), or 1 if all velocities are equal.
     jitter_log_scale : float, default 2.0
         Standard deviation of the Normal prior on each log jitter.
+    jitter_log_loc : float or array_like, optional
+        Mean of the Normal prior on each log jitter (one value, or one per
+        instrument). Default: the log of the instrument's median ``rv_err``.
+        A low mean with a small scale (e.g. ``log(1e-3 * median rv_err)``,
+        scale 0.5) all but removes the jitter, as The Joker's default prior does.
     e_max : float, default 0.99
         Upper bound of the eccentricity, ``0 < e_max < 1``.
     phase_concentration : int, default 8
@@ -474,8 +481,8 @@ def keplerian_model(
         the observations instead (for :class:`numpyro.infer.Predictive`; not
         available with ``marginalize_offsets=True``). It carries the attributes
         ``t_ref``, ``instrument_names``, ``num_planets``, ``num_instruments``,
-        ``period_bounds``, ``K_bounds``, ``offset_loc``, ``offset_scale`` and
-        ``jitter_log_loc``.
+        ``period_bounds``, ``K_bounds``, ``offset_loc``, ``offset_scale``,
+        ``jitter_log_loc`` and ``jitter_log_scale``.
 
     Notes
     -----
@@ -541,7 +548,11 @@ def keplerian_model(
     # over data points); JAX casts them to its working precision.
     dt_np = t_np - t_ref
     off_loc = np.bincount(codes_np, weights=rv_np, minlength=n_inst) / counts
-    jit_loc = np.log([np.median(err_np[codes_np == i]) for i in range(n_inst)])
+    if jitter_log_loc is None:
+        jit_loc = np.log([np.median(err_np[codes_np == i]) for i in range(n_inst)])
+    else:
+        jit_loc = np.broadcast_to(np.asarray(jitter_log_loc, np.float64), (n_inst,))
+        jit_loc = np.array(jit_loc)
     onehot = (codes_np[:, None] == np.arange(n_inst)[None, :]).astype(np.float64)
     log_p_lo, log_p_hi = np.log(p_lo), np.log(p_hi)
 
@@ -658,6 +669,7 @@ def keplerian_model(
     model.offset_loc = off_loc
     model.offset_scale = off_scale
     model.jitter_log_loc = jit_loc
+    model.jitter_log_scale = float(jitter_log_scale)
     return model
 
 
