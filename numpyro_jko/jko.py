@@ -50,7 +50,12 @@ from numpyro_jko.chain import (
 )
 from numpyro_jko.cnf import RK4, CNFSpec, Hutchinson
 from numpyro_jko.progress import as_progress_meter
-from numpyro_jko.rejection import RejectionLayer, acceptance_probability, fit_rejection
+from numpyro_jko.rejection import (
+    RejectionLayer,
+    acceptance_probability,
+    energy_update,
+    fit_rejection,
+)
 
 __all__ = ["JKOConfig", "JKOInfo", "fit", "sample", "log_prob", "JKOChain"]
 
@@ -114,6 +119,11 @@ class JKOConfig(NamedTuple):
         Push the training particles through each new CNF (exact densities) instead
         of redrawing ``N`` from the whole chain, when the next layer is a CNF.
         Rejection layers are always fitted on fresh draws (see :func:`fit`).
+    reweight_rejection_fit : bool
+        Fit each rejection layer on fresh draws from the chain below its stack of
+        rejection layers, importance-reweighted to the layer's input law (one
+        solve per particle), instead of on draws through the whole stack
+        (``1.2**k`` solves per particle under ``k`` layers).
     chunk_size : int
         Draws per compiled call when sampling.
     iterations_per_update : int
@@ -148,7 +158,8 @@ class JKOConfig(NamedTuple):
     latent_mean: Any = None
     latent_scale: float = 1.0
     reuse_particles: bool = True
-    chunk_size: int = 8192
+    reweight_rejection_fit: bool = True
+    chunk_size: int = 4096
     iterations_per_update: int = 50
 
     def iterations_of(self, cnf_index: int) -> int:
@@ -197,6 +208,12 @@ class JKOInfo(NamedTuple):
         Total wall time of :func:`fit`.
     num_nonfinite : int
         Training particles whose target density was not finite at the end.
+    rbar_se : tuple of float
+        Monte Carlo standard error of each ``rbar``.  An error ``delta`` in a
+        layer's ``rbar`` scales every density above it by about ``1 + delta``, so
+        the importance-sampling ``log Z`` carries an extra error of about
+        ``sqrt(sum rbar_se**2)`` (:attr:`log_z_se_rbar`) that its own standard
+        error does not see; :func:`numpyro_jko.refine.refit_rbar` shrinks it.
 
     Examples
     --------
@@ -217,11 +234,25 @@ class JKOInfo(NamedTuple):
     compile_seconds: float
     train_seconds: float
     num_nonfinite: int
+    rbar_se: tuple = ()
 
     @property
     def rejection_rates(self) -> tuple:
         """Rejection rate of each rejection layer on fresh draws (``= rbar``)."""
         return self.rbar
+
+    @property
+    def log_z_se_rbar(self) -> float:
+        """First-order error that the fitted ``rbar`` s put on ``log Z``.
+
+        Examples
+        --------
+        >>> info = JKOInfo(("R", "R"), (), (), (0.0, 0.0), (0.2, 0.2), (0.2, 0.2),
+        ...                (0.1, 0.1), 0.0, 0.2, 0, rbar_se=(0.003, 0.004))
+        >>> round(info.log_z_se_rbar, 4)
+        0.005
+        """
+        return float(np.sqrt(np.sum(np.square(self.rbar_se))))
 
 
 _fit_rejection = jax.jit(fit_rejection, static_argnums=1)
@@ -272,18 +303,60 @@ def _check_target(logdensity_fn, dim: int, x) -> np.ndarray:
     return values
 
 
-def _elbo_after(layer, log_g, energy) -> float:
+def _elbo_after(layer, log_g, energy, weights=None) -> float:
     """``mean(log g - log q)`` of a layer's output law, from draws of its input.
 
     For a CNF the draws already follow the output law.  For a rejection layer they
-    follow the input ``p`` and the output is ``q = p (alpha + rbar)``, so
-    ``E_q[f] = E_p[(alpha + rbar) f]``: the ELBO after the layer without new draws.
+    follow the input ``p`` (or are reweighted to it by ``weights``) and the output
+    is ``q = p (alpha + rbar)``, so ``E_q[f] = E_p[(alpha + rbar) f]``: the ELBO
+    after the layer without new draws.
     """
     log_w = jnp.where(jnp.isfinite(log_g), log_g + energy, jnp.nan)
     if layer is None:
         return float(jnp.nanmean(log_w))
     factor = acceptance_probability(log_w, layer.log_c) + layer.rbar
-    return float(jnp.nanmean(factor * (log_w - jnp.log(factor))))
+    values = factor * (log_w - jnp.log(factor))
+    if weights is None:
+        return float(jnp.nanmean(values))
+    ok = jnp.isfinite(values)
+    w = jnp.where(ok, weights, 0.0)
+    return float(jnp.sum(w * jnp.where(ok, values, 0.0)) / jnp.sum(w))
+
+
+def _rejection_fit_draws(rng_key, chain: JKOChain, config: JKOConfig):
+    """Fresh draws to fit the next rejection layer on: ``(x, energy, log_g, weights)``.
+
+    ``energy`` is ``-log p`` of the current chain (the next layer's input law) at
+    each draw.  Drawing from the whole chain costs ``1.2**k`` solves per draw under
+    ``k`` rejection layers, and fitting ``R`` stacked layers that way costs
+    ``sum_k 1.2**k`` (40 N for R = 12) solves.  Instead we draw from the chain up to
+    its topmost CNF (``p_0``; one solve per draw) and reweight to ``p`` with
+    ``w = p / p_0 = prod_j (alpha_j + rbar_j)`` over the rejection layers above
+    that CNF: the same law, fitted by self-normalized importance sampling, fresh
+    for every layer so that the layers' errors stay independent.  The weights
+    average 1 under ``p_0`` and are bounded by ``prod_j (1 + rbar_j)``, so the
+    weight ESS is at least ``N / prod_j (1 + rbar_j)`` (``N / 7.4`` under 11
+    layers), and near ``N`` once the chain is close to the target.  ``weights`` is
+    None when no rejection layer sits above the topmost CNF (plain draws).
+    """
+    layers = chain.layers
+    num_particles, chunk_size = config.num_particles, config.chunk_size
+    top = max(
+        (i + 1 for i, lay in enumerate(layers) if isinstance(lay, CNFLayer)), default=0
+    )
+    if not config.reweight_rejection_fit or top == len(layers):
+        draws = draw(rng_key, chain, num_particles, chunk_size)
+        return (*(jnp.asarray(a) for a in draws), None)
+    base = chain._replace(layers=layers[:top])
+    x, energy_base, log_g = (
+        jnp.asarray(a) for a in draw(rng_key, base, num_particles, chunk_size)
+    )
+    energy = energy_base
+    for layer in layers[top:]:
+        energy = energy_update(energy, log_g + energy, layer)
+    log_weights = jnp.where(jnp.isfinite(log_g), energy_base - energy, -jnp.inf)
+    weights = jnp.exp(log_weights - jnp.max(log_weights))
+    return x, energy, log_g, weights
 
 
 def fit(
@@ -400,7 +473,7 @@ def fit(
 
     layers: list = []
     kinds, taus, losses, elbo = [], [], [], []
-    log_cs, rbars, seconds = [], [], []
+    log_cs, rbars, rbar_ses, seconds = [], [], [], []
     last_rate = float("nan")
     cnf_index = 0
     try:
@@ -465,31 +538,32 @@ def fit(
                 losses.append(np.concatenate(history))
                 cnf_index += 1
             else:
-                # Each rejection layer is fitted on its own N fresh draws from the
-                # chain below.  Reusing one particle set across layers (the
-                # reference code's way) makes the layers' Monte Carlo errors in
-                # rbar correlated: they then add up coherently instead of
-                # averaging out (measured: rbar low by 0.002-0.004 in every one of
-                # six layers, log Z off by 0.014 with an IS se of 0.0002).
-                x, energy, log_g = (
-                    jnp.asarray(a)
-                    for a in draw(
-                        key_layer, chain, config.num_particles, config.chunk_size
-                    )
+                # Each rejection layer is fitted on its own N fresh draws.  Reusing
+                # one particle set across layers (the reference code's way) makes
+                # the layers' Monte Carlo errors in rbar correlated: they then add
+                # up coherently instead of averaging out (measured: rbar low by
+                # 0.002-0.004 in every one of six layers, log Z off by 0.014 with
+                # an IS se of 0.0002).
+                x, energy, log_g, weights = _rejection_fit_draws(
+                    key_layer, chain, config
                 )
                 log_w = log_g + energy
-                layer = _fit_rejection(log_w, config.rejection_rate)
+                layer = _fit_rejection(log_w, config.rejection_rate, weights=weights)
                 layer = RejectionLayer(*(float(v) for v in layer))
                 layers.append(layer)
                 chain = chain._replace(layers=tuple(layers))
                 log_cs.append(float(layer.log_c))
                 rbars.append(float(layer.rbar))
+                rbar_ses.append(float(layer.rbar_se))
                 last_rate = float(layer.rbar)
                 meter.update(
                     1, layer=f"R{len(rbars)}", log_c=float(layer.log_c), rej=last_rate
                 )
             kinds.append(kind)
-            elbo.append(_elbo_after(layer if kind == "R" else None, log_g, energy))
+            if kind == "R":
+                elbo.append(_elbo_after(layer, log_g, energy, weights))
+            else:
+                elbo.append(_elbo_after(None, log_g, energy))
             seconds.append(time.perf_counter() - t_layer)
     finally:
         meter.close()
@@ -506,6 +580,7 @@ def fit(
         compile_seconds=compile_seconds,
         train_seconds=time.perf_counter() - start_time,
         num_nonfinite=num_nonfinite,
+        rbar_se=tuple(rbar_ses),
     )
     return chain, info
 

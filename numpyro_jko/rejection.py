@@ -80,8 +80,11 @@ def acceptance_probability(log_w, log_c):
     return jnp.exp(jnp.minimum(log_w - log_c, 0.0))
 
 
-def rejection_rate(log_w, log_c):
+def rejection_rate(log_w, log_c, weights=None):
     """Mean rejection probability ``mean(1 - alpha)`` at ``log_c`` (increasing in it).
+
+    With ``weights``, the self-normalized weighted mean: the rate under the law
+    that the weights reweight the particles to.
 
     Examples
     --------
@@ -89,10 +92,19 @@ def rejection_rate(log_w, log_c):
     >>> float(rejection_rate(jnp.zeros(10), -1.0))
     0.0
     """
-    return jnp.mean(1.0 - acceptance_probability(log_w, log_c))
+    reject = 1.0 - acceptance_probability(log_w, log_c)
+    if weights is None:
+        return jnp.mean(reject)
+    return jnp.sum(weights * reject) / jnp.sum(weights)
 
 
-def fit_rejection(log_w, rate: float = 0.2, tol: float = 1e-4, max_iter: int = 200):
+def fit_rejection(
+    log_w,
+    rate: float = 0.2,
+    tol: float = 1e-4,
+    max_iter: int = 200,
+    weights=None,
+):
     """Choose ``log c`` so that a fraction ``rate`` of the particles is rejected.
 
     Follows the reference code: start at the mean finite log-weight, widen a
@@ -107,6 +119,14 @@ def fit_rejection(log_w, rate: float = 0.2, tol: float = 1e-4, max_iter: int = 2
         Target rejection rate.
     tol : float
         Stop when the bracket's rates differ by less than this.
+    max_iter : int
+        Cap on bracketing and on bisection steps.
+    weights : Array, shape (n,), optional
+        Importance weights (any positive scale) when the particles are draws of
+        another law than the layer's input ``p``: the rate is then the
+        self-normalized weighted rate, an estimate of the rate under ``p``.
+        :func:`numpyro_jko.jko.fit` uses this to fit every rejection layer of a
+        stack from cheap draws below the stack (see there).
 
     Returns
     -------
@@ -127,12 +147,13 @@ def fit_rejection(log_w, rate: float = 0.2, tol: float = 1e-4, max_iter: int = 2
     finite = jnp.isfinite(log_w)
     start = jnp.sum(jnp.where(finite, log_w, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
     step0 = jnp.log(2.0).astype(log_w.dtype)
-    too_low = rejection_rate(log_w, start) < rate
+    too_low = rejection_rate(log_w, start, weights) < rate
 
     # Bracket: walk away from the start in growing steps until the rate crosses.
     def bracket_cond(carry):
         lo, hi, k = carry
-        rate_lo, rate_hi = rejection_rate(log_w, lo), rejection_rate(log_w, hi)
+        rate_lo = rejection_rate(log_w, lo, weights)
+        rate_hi = rejection_rate(log_w, hi, weights)
         return ((rate_lo > rate) | (rate_hi < rate)) & (k < max_iter)
 
     def bracket_body(carry):
@@ -146,20 +167,26 @@ def fit_rejection(log_w, rate: float = 0.2, tol: float = 1e-4, max_iter: int = 2
 
     def bisect_cond(carry):
         lo, hi, k = carry
-        gap = rejection_rate(log_w, hi) - rejection_rate(log_w, lo)
+        gap = rejection_rate(log_w, hi, weights) - rejection_rate(log_w, lo, weights)
         return (gap > tol) & (k < max_iter)
 
     def bisect_body(carry):
         lo, hi, k = carry
         mid = 0.5 * (lo + hi)
-        above = rejection_rate(log_w, mid) > rate
+        above = rejection_rate(log_w, mid, weights) > rate
         return jnp.where(above, lo, mid), jnp.where(above, mid, hi), k + 1
 
     lo, hi, _ = jax.lax.while_loop(bisect_cond, bisect_body, (lo, hi, 0))
     log_c = 0.5 * (lo + hi)
     alpha = acceptance_probability(log_w, log_c)
-    rbar_se = jnp.std(alpha) / jnp.sqrt(alpha.shape[0])
-    return RejectionLayer(log_c=log_c, rbar=1.0 - jnp.mean(alpha), rbar_se=rbar_se)
+    if weights is None:
+        rbar_se = jnp.std(alpha) / jnp.sqrt(alpha.shape[0])
+        return RejectionLayer(log_c=log_c, rbar=1.0 - jnp.mean(alpha), rbar_se=rbar_se)
+    # Self-normalized estimate and its delta-method standard error.
+    w = weights / jnp.sum(weights)
+    mean_alpha = jnp.sum(w * alpha)
+    rbar_se = jnp.sqrt(jnp.sum((w * (alpha - mean_alpha)) ** 2))
+    return RejectionLayer(log_c=log_c, rbar=1.0 - mean_alpha, rbar_se=rbar_se)
 
 
 def energy_update(energy, log_w, layer: RejectionLayer):

@@ -27,6 +27,27 @@ def test_fit_rejection_hits_rate(key):
         assert abs(float(rejection.rejection_rate(log_w, layer.log_c)) - rate) < 2e-4
 
 
+def test_weighted_fit_estimates_the_rate_under_the_reweighted_law(key):
+    # Draws of N(0, 1) reweighted to p = N(0.5, 0.8^2) must give the constant and
+    # the rate of draws of p itself, within their Monte Carlo errors.
+    k1, k2 = jax.random.split(key)
+    n = 50_000
+    x0 = jax.random.normal(k1, (n,))
+    log_p = jax.scipy.stats.norm.logpdf(x0, 0.5, 0.8)
+    weights = jnp.exp(log_p - jax.scipy.stats.norm.logpdf(x0))
+    log_w0 = jax.vmap(log_g)(x0[:, None]) - log_p
+    weighted = rejection.fit_rejection(log_w0, 0.2, weights=weights)
+    assert abs(float(weighted.rbar) - 0.2) < 2e-4  # the weighted rate is hit
+    x = 0.5 + 0.8 * jax.random.normal(k2, (n,))
+    log_w = jax.vmap(log_g)(x[:, None]) - jax.scipy.stats.norm.logpdf(x, 0.5, 0.8)
+    # The rate of exact draws of p at the weighted fit's constant.
+    alpha = rejection.acceptance_probability(log_w, weighted.log_c)
+    rate = 1.0 - float(jnp.mean(alpha))
+    se = float(np.hypot(weighted.rbar_se, jnp.std(alpha) / np.sqrt(n)))
+    assert 0 < float(weighted.rbar_se) < 0.01
+    assert abs(rate - float(weighted.rbar)) < 4 * se, (rate, weighted, se)
+
+
 def test_nan_weights_are_rejected():
     alpha = rejection.acceptance_probability(jnp.array([jnp.nan, -jnp.inf, 3.0]), 0.0)
     assert alpha.tolist() == [0.0, 0.0, 1.0]
