@@ -319,10 +319,10 @@ class NeuralJKO(MCMCKernel):
         Adam steps of :func:`~numpyro_jko.target.fit_latent_mean` (0: use the init
         point); ignored when ``config.latent_mean`` is set.
     block_size : int
-        Draws per block.  The default, 8192, is the chunk shape of every other
-        draw (``JKOConfig.chunk_size``), so refills reuse compiled programs: a new
-        shape costs seconds of compilation, and 8192 draws of a small model about a
-        second.
+        Draws per block, a multiple of the chunk shape of every draw
+        (``JKOConfig.chunk_size``, 4096), so refills reuse compiled programs: a
+        new shape costs seconds of compilation, and 8192 draws of a small model
+        about a second.
     num_check_draws : int
         Fresh draws used after training to estimate ``log Z``, the weight ESS and
         PSIS k-hat and to warn (:class:`~numpyro_jko.diagnostics.JKOWarning`) when
