@@ -860,7 +860,7 @@ class FlowMALA(MCMCKernel):
 
     @property
     def sample_field(self):
-        """The state field ``MCMC`` collects as samples: ``z``, as in HMC.
+        """The state field that ``MCMC`` collects as samples, ``"z"`` (as in HMC).
 
         ``z`` holds the walkers' unconstrained positions.
 
@@ -874,7 +874,7 @@ class FlowMALA(MCMCKernel):
 
     @property
     def default_fields(self):
-        """Fields ``MCMC`` collects by default: only ``z``.
+        """The fields ``MCMC`` collects by default, only ``z``.
 
         Add per-walker acceptances with ``extra_fields=("accept_prob",
         "global_accept_prob")`` (see :class:`FlowMALAKernelState`).
@@ -889,7 +889,7 @@ class FlowMALA(MCMCKernel):
 
     @property
     def is_ensemble_kernel(self):
-        """``True``: ``MCMC``'s chains are the walkers of one ensemble.
+        """Always ``True``, as ``MCMC``'s chains are the walkers of one ensemble.
 
         So run it with ``num_chains >= 2`` and ``chain_method="vectorized"``.
 

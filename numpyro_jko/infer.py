@@ -410,7 +410,7 @@ class NeuralJKO(MCMCKernel):
 
     @property
     def sample_field(self):
-        """The state field ``MCMC`` collects as samples: ``z``, as in HMC.
+        """The state field that ``MCMC`` collects as samples, ``"z"`` (as in HMC).
 
         ``z`` holds unconstrained values at latent sites; :meth:`postprocess_fn`
         maps them to the constrained space.
