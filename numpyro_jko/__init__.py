@@ -2,8 +2,9 @@
 
 User-facing: :class:`NeuralJKO` (an ``MCMCKernel``), :class:`JKOSampler` (shaped like
 ``NestedSampler``), :class:`FlowMALA` (an ensemble ``MCMCKernel``) and
-:func:`to_inference_data`.  Functional core: :mod:`numpyro_jko.jko` (``fit`` /
-``sample`` / ``log_prob``), :mod:`numpyro_jko.mala` and :mod:`numpyro_jko.evidence`.
+:func:`~numpyro_jko.inference_data.to_inference_data`.  Functional core:
+:mod:`numpyro_jko.jko` (``fit`` / ``sample`` / ``log_prob``), :mod:`numpyro_jko.mala`
+and :mod:`numpyro_jko.evidence`.
 """
 
 from numpyro_jko import (

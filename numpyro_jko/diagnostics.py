@@ -37,7 +37,7 @@ The three checks and why they are the ones:
   of the draws if the chain were the posterior, and more otherwise (``min`` is
   concave and ``E_q[w] = Z``).  The excess over ``r`` is the mass on which the
   chain undershoots the posterior by more than the factor ``1 - r``; we warn when
-  the rate exceeds ``r`` by more than :data:`MAX_EXCESS_REJECTION` (two
+  the rate exceeds ``r`` by more than ``MAX_EXCESS_REJECTION`` (two
   percentage points).
 """
 
@@ -58,7 +58,10 @@ MAX_EXCESS_REJECTION = 0.02
 
 
 class JKOWarning(UserWarning):
-    """A trained chain that should not be trusted as it is (see :func:`check_fit`).
+    """A trained chain that should not be trusted as it is.
+
+    Its message says what failed and what to change; the checks are those of
+    :func:`~numpyro_jko.diagnostics.check_fit`.
 
     Examples
     --------

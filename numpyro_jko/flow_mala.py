@@ -146,7 +146,20 @@ class GlobalProposal(abc.ABC):
     def build(
         self, logdensity_fn: Callable, dim: int, num_walkers: int, num_warmup: int
     ) -> ProposalFns:
-        """Bind the proposal to a target and an ensemble; see :class:`ProposalFns`."""
+        """Bind the proposal to a target and an ensemble; see :class:`ProposalFns`.
+
+        :meth:`FlowMALA.init` calls it with the flat log density, the dimension,
+        the number of walkers and the number of warmup iterations.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_jko.flow_mala import CouplingFlowProposal, ProposalFns
+        >>> fns = CouplingFlowProposal(num_layers=2, hidden=(8,)).build(
+        ...     lambda x: -0.5 * jnp.sum(x**2), 2, 4, 10)
+        >>> isinstance(fns, ProposalFns)
+        True
+        """
 
 
 class CouplingFlowState(NamedTuple):
@@ -298,6 +311,23 @@ class CouplingFlowProposal(GlobalProposal):
         return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
     def build(self, logdensity_fn, dim, num_walkers, num_warmup) -> ProposalFns:
+        """The flow's functions: draws and densities, replay buffer and training.
+
+        ``init`` initialises the flow on the walkers' positions; ``update`` is one
+        warmup iteration (buffer insert, and training when due); the optimizer's
+        schedule spans ``num_warmup`` iterations.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> fns = CouplingFlowProposal(num_layers=2, hidden=(8,)).build(
+        ...     lambda x: -0.5 * jnp.sum(x**2), dim=2, num_walkers=4, num_warmup=10)
+        >>> state = fns.init(jax.random.key(0), jnp.zeros((4, 2)))
+        >>> fns.log_prob(state, jnp.zeros((3, 2))).shape
+        (3,)
+        >>> int(state.num_updates)  # fns.update trains it, during warmup
+        0
+        """
         flow = self.flow(dim)
         optimizer = self.optimizer or self.default_optimizer(num_warmup)
         train_step = make_train_step(flow, optimizer)
@@ -468,6 +498,20 @@ class JKOProposal(GlobalProposal):
     default_global_every: int = 10
 
     def build(self, logdensity_fn, dim, num_walkers, num_warmup) -> ProposalFns:
+        """The chain's functions; training and the pool of draws happen in ``init``.
+
+        The pool holds ``max(pool_size, num_walkers)`` draws.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_jko import JKOConfig
+        >>> from numpyro_jko.flow_mala import JKOProposal
+        >>> proposal = JKOProposal(JKOConfig(num_particles=512), pool_size=64)
+        >>> fns = proposal.build(lambda x: -0.5 * jnp.sum(x**2), 2, 4, 10)
+        >>> fns._fields[:3]  # nothing trained yet: fns.init trains the chain
+        ('init', 'sample', 'log_prob')
+        """
         from numpyro_jko import jko
 
         config = self.config if self.config is not None else jko.JKOConfig()
@@ -523,6 +567,16 @@ class SpreadInit:
     """Init strategy: per-walker prior draws, then Adam steps on the potential.
 
     Built by :func:`init_to_spread`; see there.
+
+    Attributes
+    ----------
+    num_steps : int
+        Adam steps (0: the draws of ``site_strategy`` as they are).
+    learning_rate : float
+        Adam's learning rate.
+    site_strategy : callable
+        NumPyro init strategy of each walker's starting draw (default
+        ``init_to_sample``).
 
     Examples
     --------
@@ -647,8 +701,12 @@ class FlowMALAKernelState(NamedTuple):
     global_accept_prob
         Per-walker acceptance probability of this iteration's global move
         (``nan`` on iterations without one).
-    mean_accept_prob, mean_global_accept_prob
-        Running means over the current phase (warmup or sampling).
+    mean_accept_prob
+        Running mean of ``accept_prob`` over the current phase (warmup or
+        sampling).
+    mean_global_accept_prob
+        Running mean of ``global_accept_prob`` over the global iterations of
+        the current phase.
     rng_key
         Key of the next iteration.
 
@@ -787,31 +845,117 @@ class FlowMALA(MCMCKernel):
 
     @property
     def model(self):
+        """The NumPyro model (None with ``potential_fn``).
+
+        Examples
+        --------
+        >>> import numpyro, numpyro.distributions as dist
+        >>> from numpyro_jko import FlowMALA
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> FlowMALA(model).model is model
+        True
+        """
         return self._model
 
     @property
     def sample_field(self):
+        """The state field that ``MCMC`` collects as samples, ``"z"`` (as in HMC).
+
+        ``z`` holds the walkers' unconstrained positions.
+
+        Examples
+        --------
+        >>> from numpyro_jko import FlowMALA
+        >>> FlowMALA(potential_fn=lambda x: x @ x).sample_field
+        'z'
+        """
         return "z"
 
     @property
     def default_fields(self):
+        """The fields ``MCMC`` collects by default, only ``z``.
+
+        Add per-walker acceptances with ``extra_fields=("accept_prob",
+        "global_accept_prob")`` (see :class:`FlowMALAKernelState`).
+
+        Examples
+        --------
+        >>> from numpyro_jko import FlowMALA
+        >>> FlowMALA(potential_fn=lambda x: x @ x).default_fields
+        ('z',)
+        """
         return ("z",)
 
     @property
     def is_ensemble_kernel(self):
+        """Always ``True``, as ``MCMC``'s chains are the walkers of one ensemble.
+
+        So run it with ``num_chains >= 2`` and ``chain_method="vectorized"``.
+
+        Examples
+        --------
+        >>> from numpyro_jko import FlowMALA
+        >>> FlowMALA(potential_fn=lambda x: x @ x).is_ensemble_kernel
+        True
+        """
         return True
 
     @property
     def proposal(self) -> GlobalProposal:
-        """The global proposal strategy."""
+        """The global proposal strategy.
+
+        Examples
+        --------
+        >>> from numpyro_jko import FlowMALA, JKOProposal
+        >>> type(FlowMALA(potential_fn=lambda x: x @ x).proposal).__name__
+        'CouplingFlowProposal'
+        >>> FlowMALA(potential_fn=lambda x: x @ x, proposal=JKOProposal()).proposal
+        JKOProposal(config=None, pool_size=4096, default_global_every=10)
+        """
         return self._proposal
 
     def postprocess_fn(self, args, kwargs):
+        """Unconstrained ``z`` to constrained values plus ``deterministic`` sites.
+
+        The identity with ``potential_fn`` and before :meth:`init`.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> import numpyro, numpyro.distributions as dist
+        >>> from numpyro_jko import CouplingFlowProposal, FlowMALA
+        >>> def model():
+        ...     numpyro.sample("sigma", dist.HalfNormal(1.0))
+        >>> kernel = FlowMALA(model, proposal=CouplingFlowProposal(num_layers=2,
+        ...                                                        hidden=(8,)))
+        >>> kernel.postprocess_fn((), {})({"sigma": 0.0})  # not initialised yet
+        {'sigma': 0.0}
+        >>> _ = kernel.init(jax.random.split(jax.random.key(0), 4), 10)
+        >>> constrain = kernel.postprocess_fn((), {})  # sigma = exp(z)
+        >>> round(float(constrain({"sigma": jnp.log(2.0)})["sigma"]), 4)
+        2.0
+        """
         if self._postprocess_fn is None:
             return identity
         return self._postprocess_fn(*args, **kwargs)
 
     def get_diagnostics_str(self, state):
+        """Progress-bar postfix: mean local and global acceptance and the step size.
+
+        The means run over the current phase (warmup or sampling).
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> from numpyro_jko import CouplingFlowProposal, FlowMALA
+        >>> kernel = FlowMALA(potential_fn=lambda x: 0.5 * jnp.sum(x**2),
+        ...                   proposal=CouplingFlowProposal(num_layers=2, hidden=(8,)))
+        >>> state = kernel.init(jax.random.split(jax.random.key(0), 4), 10,
+        ...                     init_params=jnp.zeros((4, 2)))
+        >>> kernel.get_diagnostics_str(state)  # nothing sampled yet
+        'local acc. 0.00, global acc. 0.00, step size 1.00e-01'
+        """
         local = float(state.mean_accept_prob)
         global_ = float(state.mean_global_accept_prob)
         return (
@@ -838,6 +982,24 @@ class FlowMALA(MCMCKernel):
     def init(
         self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None
     ):
+        """Place the walkers and initialise the proposal; ``MCMC.run`` calls it.
+
+        ``rng_key`` is a batch of keys, one per walker (``MCMC`` passes that with
+        ``chain_method="vectorized"``); ``init_params``, if given, have a leading
+        walker axis.  With :func:`init_to_spread` the walkers start from prior
+        draws moved by Adam steps; :class:`JKOProposal` trains its chain here.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> from numpyro_jko import CouplingFlowProposal, FlowMALA
+        >>> kernel = FlowMALA(potential_fn=lambda x: 0.5 * jnp.sum(x**2),
+        ...                   proposal=CouplingFlowProposal(num_layers=2, hidden=(8,)))
+        >>> state = kernel.init(jax.random.split(jax.random.key(0), 4), 10,
+        ...                     init_params=jnp.zeros((4, 2)))
+        >>> int(state.i), state.z.shape, round(float(state.step_size), 4)
+        (0, (4, 2), 0.1)
+        """
         model_kwargs = {} if model_kwargs is None else model_kwargs
         if is_prng_key(rng_key):
             raise ValueError(
@@ -920,6 +1082,26 @@ class FlowMALA(MCMCKernel):
         )
 
     def sample(self, state, model_args, model_kwargs):
+        """One iteration of the ensemble: a global move (when due), then MALA steps.
+
+        During warmup it also adapts the step size and trains the proposal;
+        ``model_args`` are those of :meth:`init` (the potential is bound there).
+
+        Examples
+        --------
+        ``global_every=0`` (MALA steps only) keeps the example fast: with global
+        moves, the first step also compiles the flow's training.
+
+        >>> import jax, jax.numpy as jnp
+        >>> from numpyro_jko import FlowMALA
+        >>> kernel = FlowMALA(potential_fn=lambda x: 0.5 * jnp.sum(x**2),
+        ...                   global_every=0)
+        >>> state = kernel.init(jax.random.split(jax.random.key(0), 4), 10,
+        ...                     init_params=jnp.zeros((4, 2)))
+        >>> state = jax.jit(kernel.sample, static_argnums=(1, 2))(state, (), ())
+        >>> int(state.i), state.accept_prob.shape
+        (1, (4,))
+        """
         logdensity_fn = self._logdensity()
         fns = self._proposal_fns()
         num_warmup = self._num_warmup

@@ -394,21 +394,72 @@ class NeuralJKO(MCMCKernel):
 
     @property
     def model(self):
-        """The NumPyro model (None with ``potential_fn``)."""
+        """The NumPyro model (None with ``potential_fn``).
+
+        Examples
+        --------
+        >>> import numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> NeuralJKO(model).model is model
+        True
+        >>> NeuralJKO(potential_fn=lambda z: z @ z).model is None
+        True
+        """
         return self._model
 
     @property
     def sample_field(self):
-        """``"z"``: unconstrained values at latent sites, as in HMC."""
+        """The state field that ``MCMC`` collects as samples, ``"z"`` (as in HMC).
+
+        ``z`` holds unconstrained values at latent sites; :meth:`postprocess_fn`
+        maps them to the constrained space.
+
+        Examples
+        --------
+        >>> NeuralJKO(potential_fn=lambda z: z @ z).sample_field
+        'z'
+        """
         return "z"
 
     @property
     def default_fields(self):
-        """``z`` plus the model and sampler log densities of each draw."""
+        """``z`` plus the model and sampler log densities of each draw.
+
+        ``MCMC`` collects these fields by default; read the two densities with
+        ``mcmc.get_extra_fields()`` (``-potential_energy - log_density`` are
+        importance log-weights).
+
+        Examples
+        --------
+        >>> NeuralJKO(potential_fn=lambda z: z @ z).default_fields
+        ('z', 'potential_energy', 'log_density')
+        """
         return ("z", "potential_energy", "log_density")
 
     def get_diagnostics_str(self, state):
-        """Progress-bar postfix: the weight ESS and PSIS k-hat of the trained chain."""
+        """Progress-bar postfix: the weight ESS and PSIS k-hat of the trained chain.
+
+        The same for every state (the draws are i.i.d. from one trained chain), so
+        ``state`` is not read; empty before training, and without the numbers when
+        the kernel was built with ``num_check_draws=0``.
+
+        Examples
+        --------
+        A chain with no layers (``num_cnf=0, num_blocks=0``: the Gaussian latent
+        alone, nothing to train) keeps the example fast:
+
+        >>> import jax, jax.numpy as jnp
+        >>> config = JKOConfig(num_cnf=0, num_blocks=0)
+        >>> kernel = NeuralJKO(potential_fn=lambda z: 0.5 * jnp.sum(z**2),
+        ...                    config=config, progress_bar=False, latent_steps=0,
+        ...                    num_check_draws=1024, refit_draws=0)
+        >>> kernel.get_diagnostics_str(None)  # not trained yet
+        ''
+        >>> _ = kernel.fit(jax.random.key(0), init_params=jnp.zeros(2))
+        >>> kernel.get_diagnostics_str(None)  # doctest: +ELLIPSIS
+        'i.i.d. draws, weight ESS 100%, k-hat ...'
+        """
         if self._fit_result is None:
             return ""
         return _diagnostics_str(self._fit_result.diagnostics)
@@ -417,12 +468,28 @@ class NeuralJKO(MCMCKernel):
 
     @property
     def chain(self):
-        """The trained :class:`~numpyro_jko.chain.JKOChain` (None before training)."""
+        """The trained :class:`~numpyro_jko.chain.JKOChain` (None before training).
+
+        Examples
+        --------
+        >>> NeuralJKO(potential_fn=lambda z: z @ z).chain is None
+        True
+
+        After training, see :meth:`fit`.
+        """
         return None if self._fit_result is None else self._fit_result.chain
 
     @property
     def info(self):
-        """The :class:`~numpyro_jko.jko.JKOInfo` of training (None before)."""
+        """The :class:`~numpyro_jko.jko.JKOInfo` of training (None before).
+
+        Examples
+        --------
+        >>> NeuralJKO(potential_fn=lambda z: z @ z).info is None
+        True
+
+        After training, see :meth:`fit`.
+        """
         return None if self._fit_result is None else self._fit_result.info
 
     def diagnostics(self) -> dict:
@@ -469,6 +536,8 @@ class NeuralJKO(MCMCKernel):
         ...                    config=config, progress_bar=False, num_check_draws=0)
         >>> kernel.fit(jax.random.key(0), init_params=jnp.zeros(2)).chain.dim
         2
+        >>> "".join(kernel.info.layer_kinds)  # one CNF, then rejection layers
+        'CRRR'
         """
         self._fit_result = None
         self._ensure_fit(rng_key, init_params, model_args, model_kwargs)
@@ -572,7 +641,28 @@ class NeuralJKO(MCMCKernel):
         """Train (or reuse) the chain and return a state holding a first block of draws.
 
         ``rng_key`` is one key, or a batch of keys (``chain_method="vectorized"``,
-        then ``init_params``, if any, have a leading chain axis).
+        then ``init_params``, if any, have a leading chain axis).  ``MCMC.run``
+        calls it; the draws in the state's block are fresh for every call.
+
+        Examples
+        --------
+        A chain with no layers (the Gaussian latent alone) keeps the example fast;
+        a real ``config`` trains here, on the first call:
+
+        >>> import jax, jax.numpy as jnp
+        >>> kernel = NeuralJKO(potential_fn=lambda z: 0.5 * jnp.sum(z**2),
+        ...                    config=JKOConfig(num_cnf=0, num_blocks=0),
+        ...                    progress_bar=False, latent_steps=0, block_size=8,
+        ...                    num_check_draws=0, refit_draws=0)
+        >>> state = kernel.init(jax.random.key(0), 0, jnp.zeros(2), (), {})
+        >>> int(state.i), state.z.shape, state.block.x.shape
+        (0, (2,), (8, 2))
+
+        Three chains at once reuse the trained chain (same model arguments):
+
+        >>> keys = jax.random.split(jax.random.key(1), 3)
+        >>> kernel.init(keys, 0, jnp.zeros((3, 2)), (), {}).z.shape
+        (3, 2)
         """
         keys = _as_typed_key(rng_key)
         batched = keys.ndim > 0
@@ -643,12 +733,14 @@ class NeuralJKO(MCMCKernel):
 
         Examples
         --------
+        A chain with no layers (the Gaussian latent alone, nothing to train)
+        keeps the example fast:
+
         >>> import jax, jax.numpy as jnp
-        >>> config = JKOConfig(num_particles=512, num_cnf=1, num_blocks=1,
-        ...                    num_iterations=20, batch_size=128)
         >>> kernel = NeuralJKO(potential_fn=lambda z: 0.5 * jnp.sum(z**2),
-        ...                    config=config, progress_bar=False, block_size=8,
-        ...                    num_check_draws=0)
+        ...                    config=JKOConfig(num_cnf=0, num_blocks=0),
+        ...                    progress_bar=False, latent_steps=0, block_size=8,
+        ...                    num_check_draws=0, refit_draws=0)
         >>> state = kernel.init(jax.random.key(0), 0, jnp.zeros(2), (), {})
         >>> state = jax.jit(kernel.sample, static_argnums=(1, 2))(state, (), ())
         >>> int(state.i), state.z.shape
@@ -662,7 +754,27 @@ class NeuralJKO(MCMCKernel):
         """Unconstrained ``z`` to constrained values plus ``deterministic`` sites.
 
         Bound to the model arguments the chain was trained on (those ``MCMC``
-        passes); the identity with ``potential_fn``.
+        passes); the identity with ``potential_fn`` and before training.
+
+        Examples
+        --------
+        >>> kernel = NeuralJKO(potential_fn=lambda z: z @ z)
+        >>> kernel.postprocess_fn((), {})({"x": 1.0})
+        {'x': 1.0}
+
+        With a model, after training (here ``sigma``'s unconstrained value is
+        ``log sigma``; a chain with no layers keeps the example fast):
+
+        >>> import jax, jax.numpy as jnp
+        >>> import numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     numpyro.sample("sigma", dist.HalfNormal(1.0))
+        >>> kernel = NeuralJKO(model, config=JKOConfig(num_cnf=0, num_blocks=0),
+        ...                    progress_bar=False, latent_steps=0,
+        ...                    num_check_draws=0, refit_draws=0)
+        >>> constrain = kernel.fit(jax.random.key(0)).postprocess_fn((), {})
+        >>> round(float(constrain({"sigma": jnp.log(2.0)})["sigma"]), 4)
+        2.0
         """
         if self._fit_result is None or self._model is None:
             return identity
@@ -843,17 +955,61 @@ class JKOSampler:
 
     @property
     def chain(self):
-        """The trained :class:`~numpyro_jko.chain.JKOChain`."""
+        """The trained :class:`~numpyro_jko.chain.JKOChain` (an error before ``run``).
+
+        Examples
+        --------
+        >>> import numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> JKOSampler(model).chain
+        Traceback (most recent call last):
+        ...
+        RuntimeError: JKOSampler.run(...) method should be called first to obtain results.
+
+        After ``run``, e.g. ``sampler.chain.sampling_cost()``; see
+        :class:`JKOSampler`.
+        """
         return self._require_fit().chain
 
     @property
     def info(self):
-        """The :class:`~numpyro_jko.jko.JKOInfo` of training."""
+        """The :class:`~numpyro_jko.jko.JKOInfo` of training (an error before ``run``).
+
+        Examples
+        --------
+        >>> import numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> JKOSampler(model).info
+        Traceback (most recent call last):
+        ...
+        RuntimeError: JKOSampler.run(...) method should be called first to obtain results.
+
+        After ``run``, e.g. ``sampler.info.layer_kinds`` and ``train_seconds``,
+        or ``numpyro_jko.plots.plot_training(sampler)``.
+        """
         return self._require_fit().info
 
     @property
     def target(self):
-        """The :class:`~numpyro_jko.target.ModelTarget` the chain was trained on."""
+        """The :class:`~numpyro_jko.target.ModelTarget` the chain was trained on.
+
+        An error before ``run``.
+
+        Examples
+        --------
+        >>> import numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> JKOSampler(model).target
+        Traceback (most recent call last):
+        ...
+        RuntimeError: JKOSampler.run(...) method should be called first to obtain results.
+
+        After ``run``, e.g. ``sampler.target.dim`` and
+        ``sampler.target.latent_sites``.
+        """
         return self._require_fit().target
 
     # -- draws ----------------------------------------------------------------------
@@ -912,7 +1068,7 @@ class JKOSampler:
         """The sampler's normalized log density at constrained ``samples``.
 
         Pulls each sample back to the unconstrained space, evaluates the chain's
-        density there (:func:`numpyro_jko.jko.log_prob`) and adds the log-Jacobian
+        density there (:func:`numpyro_jko.chain.log_prob`) and adds the log-Jacobian
         of the unconstraining transform, so the result is a density with respect to
         the constrained values (e.g. of a Dirichlet site's free coordinates).
 

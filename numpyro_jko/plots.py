@@ -88,8 +88,9 @@ def plot_training(info, *, log_Z=None, target_rate=None, figsize=(12, 6.5)):
     """The training history of a JKO chain, one panel per quantity.
 
     Panels: the loss of every CNF per Adam iteration (CNFs side by side); the ELBO
-    after every layer (with ``log_Z``: the KL estimate ``log Z - ELBO`` instead, on
-    a log scale); the rejection rate ``rbar`` and the constant ``log c`` of every
+    of the training particles after every layer (with ``log_Z``: the KL estimate
+    ``log Z - ELBO`` instead, on a log scale; the ELBO of fresh draws, from
+    :meth:`~numpyro_jko.infer.JKOSampler.log_evidence`, is the one to quote); the rejection rate ``rbar`` and the constant ``log c`` of every
     rejection layer; wall time per layer; a text summary.
 
     Parameters
@@ -402,7 +403,7 @@ def plot_acceptance(
     window=None,
     figsize=(11, 3.6),
 ):
-    """Local (MALA) and global acceptance of a :class:`~numpyro_jko.FlowMALA` run.
+    """Local (MALA) and global acceptance of a :class:`~numpyro_jko.flow_mala.FlowMALA` run.
 
     Left: the MALA acceptance per iteration (a moving average over ``window``
     iterations), mean over walkers with the 10-90 % band across walkers, and the

@@ -108,7 +108,7 @@ def refit_rbar(rng_key, chain: JKOChain, num_draws: int = 65536):
 
     When the rejection layers sit on top of the chain (the default layout,
     ``JKOConfig.block_iterations=0``), ``num_draws`` draws of the chain below them
-    serve every layer through importance weights (see :func:`_stacked_rbar`): the
+    serve every layer through importance weights (see ``_stacked_rbar``): the
     cost is that of ``num_draws`` draws without rejection layers.  Otherwise each
     layer gets ``num_draws`` draws of the chain below it.  The standard error of
     ``log Z`` is then from 16 batch means of the same draws (stacked), or from
