@@ -98,14 +98,45 @@ class JKOChain(NamedTuple):
 
     @property
     def dim(self) -> int:
+        """Dimension of the flat vectors drawn (``spec.dim``).
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_jko.cnf import CNFSpec
+        >>> JKOChain(lambda x: -x @ x, CNFSpec(3, 8), jnp.zeros(3), jnp.array(1.0)).dim
+        3
+        """
         return self.spec.dim
 
     @property
     def num_cnf(self) -> int:
+        """Number of CNF layers.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_jko.cnf import CNFSpec
+        >>> chain = JKOChain(lambda x: -x @ x, CNFSpec(2, 8), jnp.zeros(2),
+        ...                  jnp.array(1.0), (CNFLayer(None),))
+        >>> chain.num_cnf
+        1
+        """
         return sum(isinstance(layer, CNFLayer) for layer in self.layers)
 
     @property
     def num_rejection(self) -> int:
+        """Number of rejection layers.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from numpyro_jko.cnf import CNFSpec
+        >>> chain = JKOChain(lambda x: -x @ x, CNFSpec(2, 8), jnp.zeros(2),
+        ...                  jnp.array(1.0), (RejectionLayer(0.0, 0.2),))
+        >>> chain.num_rejection
+        1
+        """
         return sum(isinstance(layer, RejectionLayer) for layer in self.layers)
 
     def sampling_cost(self, rate: float | None = None) -> tuple[float, float]:
@@ -325,7 +356,7 @@ def _chunk_shape(n: int, chunk_size: int | None) -> int:
 def draw(rng_key, chain: JKOChain, num_samples: int, chunk_size: int | None = None):
     """Draw ``(x, energy, log_g)`` as NumPy arrays: positions, ``-log p``, ``log g``.
 
-    The workhorse behind :func:`sample`; ``log_g`` is returned so that importance
+    The workhorse behind :func:`~numpyro_jko.chain.sample`; ``log_g`` is returned so that importance
     weights need no second evaluation of the target.  Memory is bounded by a few
     chunks per layer plus the output.
 
@@ -415,7 +446,7 @@ def log_prob(chain: JKOChain, x, chunk_size: int | None = None, rng_key=None):
     Pulls ``x`` back through every CNF (reverse solve plus Newton refinement, see
     :func:`numpyro_jko.cnf.pull_back`), then accumulates forward: the latent energy,
     each CNF's log-determinant and each rejection layer's ``-log(alpha + rbar)``.
-    Agrees with the ``log_p`` returned by :func:`sample` at the same points.
+    Agrees with the ``log_p`` returned by :func:`~numpyro_jko.chain.sample` at the same points.
 
     Examples
     --------
@@ -466,7 +497,7 @@ def log_prob(chain: JKOChain, x, chunk_size: int | None = None, rng_key=None):
 def chain_to_dict(chain: JKOChain) -> dict:
     """Everything needed to rebuild ``chain`` except ``logdensity_fn``, as NumPy data.
 
-    Pickle the result (or use :func:`save_chain`); rebuild with :func:`chain_from_dict`
+    Pickle the result (``JKOSampler.save`` does); rebuild with :func:`chain_from_dict`
     and the same target: draws and log densities are then bit-identical for a key.
 
     Examples

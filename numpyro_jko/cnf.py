@@ -72,6 +72,13 @@ class RK4(diffrax.AbstractERK):
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
 
     def order(self, terms):
+        """Order of the method (4), as diffrax asks of a solver.
+
+        Examples
+        --------
+        >>> RK4().order(None)
+        4
+        """
         return 4
 
 
@@ -145,6 +152,13 @@ class ExactTrace(NamedTuple):
     """
 
     def needs_probe(self) -> bool:
+        """False: the exact trace needs no random probe vectors.
+
+        Examples
+        --------
+        >>> ExactTrace().needs_probe()
+        False
+        """
         return False
 
     def __call__(self, f, z, probe):
@@ -181,9 +195,24 @@ class Hutchinson(NamedTuple):
     num_probes: int = 1
 
     def needs_probe(self) -> bool:
+        """True: each estimate needs ``num_probes`` Rademacher probe vectors.
+
+        Examples
+        --------
+        >>> Hutchinson(2).needs_probe()
+        True
+        """
         return True
 
     def draw_probe(self, rng_key, shape, dtype):
+        """Rademacher probes of shape ``(num_probes, *shape)``.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> Hutchinson(2).draw_probe(jax.random.key(0), (5, 3), jnp.float32).shape
+        (2, 5, 3)
+        """
         return jax.random.rademacher(rng_key, (self.num_probes, *shape), dtype=dtype)
 
     def __call__(self, f, z, probe):
@@ -222,6 +251,13 @@ class CNFSpec(NamedTuple):
 
     @property
     def network(self) -> VelocityField:
+        """The flax module of this shape.
+
+        Examples
+        --------
+        >>> CNFSpec(dim=2, hidden=8).network.hidden
+        8
+        """
         return VelocityField(self.dim, self.hidden, self.num_hidden_layers)
 
 
