@@ -29,6 +29,7 @@ import numpy as np
 
 from numpyro_jko import cnf as cnf_lib
 from numpyro_jko.rejection import RejectionLayer, acceptance_probability, energy_update
+from numpyro_jko.sharding import constrain
 
 __all__ = [
     "CNFLayer",
@@ -213,7 +214,7 @@ def eval_logdensity(logdensity_fn, x):
 
 @partial(jax.jit, static_argnames=("logdensity_fn", "dim", "size"))
 def _latent_chunk(rng_key, mean, scale, *, logdensity_fn, dim, size):
-    eps = jax.random.normal(rng_key, (size, dim), dtype=mean.dtype)
+    eps = constrain(jax.random.normal(rng_key, (size, dim), dtype=mean.dtype))
     x = mean + scale * eps
     energy = latent_energy(x, mean, scale)
     return x, energy, eval_logdensity(logdensity_fn, x)
@@ -221,6 +222,7 @@ def _latent_chunk(rng_key, mean, scale, *, logdensity_fn, dim, size):
 
 @partial(jax.jit, static_argnames=("logdensity_fn", "spec", "divergence"))
 def _cnf_chunk(rng_key, params, x, energy, *, logdensity_fn, spec, divergence):
+    x, energy = constrain(x), constrain(energy)
     y, logdet = cnf_lib.push_forward(spec, params, x, divergence, rng_key)
     return y, energy + logdet, eval_logdensity(logdensity_fn, y)
 
@@ -233,7 +235,7 @@ def _base_chunk(rng_key, mean, scale, params, *, logdensity_fn, spec, divergence
     eps = jax.random.normal(
         jax.random.fold_in(rng_key, 0), (size, spec.dim), dtype=mean.dtype
     )
-    x = mean + scale * eps
+    x = mean + scale * constrain(eps)
     energy = latent_energy(x, mean, scale)
     for i, layer_params in enumerate(params):
         x, logdet = cnf_lib.push_forward(
@@ -432,12 +434,12 @@ _logdensity_chunk = jax.jit(eval_logdensity, static_argnums=0)
 
 @partial(jax.jit, static_argnames=("spec",))
 def _pull_back_chunk(params, y, *, spec):
-    return cnf_lib.pull_back(spec, params, y)
+    return cnf_lib.pull_back(spec, params, constrain(y))
 
 
 @partial(jax.jit, static_argnames=("spec", "divergence"))
 def _logdet_chunk(rng_key, params, x, *, spec, divergence):
-    return cnf_lib.push_forward(spec, params, x, divergence, rng_key)[1]
+    return cnf_lib.push_forward(spec, params, constrain(x), divergence, rng_key)[1]
 
 
 def log_prob(chain: JKOChain, x, chunk_size: int | None = None, rng_key=None):

@@ -217,7 +217,11 @@ class NeuralJKOState(NamedTuple):
 
 
 def _cpu_default_device_cleared():
-    if jax.default_backend() == "cpu":
+    # With several devices, keep the callback's device: the draws then run on it
+    # alone (numpyro_jko.sharding stays off under a default device), since the other
+    # devices may be busy running the very program that waits for this callback
+    # (pmap over chains).
+    if jax.default_backend() == "cpu" and jax.local_device_count() == 1:
         return jax.default_device(None)
     return contextlib.nullcontext()
 

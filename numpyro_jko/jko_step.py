@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from numpyro_jko import cnf as cnf_lib
+from numpyro_jko.sharding import constrain
 
 __all__ = ["JKOStepState", "JKOStepInfo", "init", "loss_fn", "build_train_chunk"]
 
@@ -144,7 +145,9 @@ def build_train_chunk(
         state, x, energy, tau = carry
         key_batch, key_probe = jax.random.split(rng_key)
         index = jax.random.randint(key_batch, (batch_size,), 0, x.shape[0])
-        xb, eb = x[index], energy[index]
+        # The minibatch is split over the local devices (data parallelism; the
+        # identity on one device): the loss's mean becomes an all-reduce.
+        xb, eb = constrain(x[index]), constrain(energy[index])
         probe = None
         if divergence.needs_probe():
             probe = divergence.draw_probe(key_probe, xb.shape, xb.dtype)
