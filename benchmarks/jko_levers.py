@@ -77,10 +77,8 @@ def main():
         if target.modes is not None:
             w = np.asarray(metrics.mode_weights(x, target.modes))
             k = len(w)
-            nearest = np.argmin(
-                ((np.asarray(x)[:, None] - np.asarray(target.modes)[None]) ** 2).sum(-1),
-                1,
-            )
+            offsets = np.asarray(x)[:, None] - np.asarray(target.modes)[None]
+            nearest = np.argmin((offsets**2).sum(-1), 1)
             lw = np.asarray(log_g + energy)
             lw = np.where(np.isfinite(lw), np.exp(lw - np.nanmax(lw)), 0.0)
             w_is = np.bincount(nearest, weights=lw, minlength=k) / lw.sum()
