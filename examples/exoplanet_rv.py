@@ -274,12 +274,48 @@ def _laplace(target, x_map, prior_cov):
     return (vecs / lam) @ vecs.T
 
 
+def polish_map(target, x, lp, num_rounds=3, floor=1e-6):
+    """L-BFGS again in the coordinates that the Hessian at ``x`` whitens.
+
+    The log joint's Hessian spans 8 decades (51 Peg: the period's width is 1e-5
+    of its unconstrained coordinate's, the jitter's 0.1), and L-BFGS on float32
+    gradients stops early there: at its "MAP" of 51 Peg's 1-planet model the log
+    joint still rose by 7 nats two Laplace widths along the jitter.  Each round
+    maps ``x = x0 + V diag(lam)^-1/2 y`` (eigenvalues of the negative Hessian,
+    those below ``floor`` of the largest raised to it) and optimizes over
+    ``y``, where the problem is well conditioned.  Returns ``(x, lp)``.
+    """
+    f = jax.jit(jax.value_and_grad(lambda x: -target.logdensity_fn(x)))
+    hess = jax.jit(jax.hessian(target.logdensity_fn))
+    x = np.asarray(x, np.float64)
+    for _ in range(num_rounds):
+        h = np.asarray(hess(jnp.asarray(x, jnp.float32)), np.float64)
+        lam, vecs = np.linalg.eigh(-0.5 * (h + h.T))
+        lam = np.maximum(np.abs(lam), floor * np.abs(lam).max())
+        T = vecs / np.sqrt(lam)
+        x0 = x
+
+        def fun(y, x0=x0, T=T):
+            v, g = f(jnp.asarray(x0 + T @ y, jnp.float32))
+            return float(v), T.T @ np.asarray(g, np.float64)
+
+        res = minimize(fun, np.zeros(len(x)), jac=True, method="L-BFGS-B")
+        if not (np.isfinite(res.fun) and -res.fun > lp):
+            break
+        gain = -res.fun - lp
+        x, lp = x0 + T @ res.x, -float(res.fun)
+        if gain < 1e-3:
+            break
+    return x, lp
+
+
 def _map_laplace(data, problem, model, target, prior_mean, prior_cov, num_peaks):
     if model.num_planets == 0:
         x_map, lp_map = find_map(target, [prior_mean])
     else:
         starts = _start_points(data, problem, model, target, num_peaks)
         x_map, lp_map = find_map(target, starts)
+    x_map, lp_map = polish_map(target, x_map, lp_map)
     return x_map, _laplace(target, x_map, prior_cov), lp_map
 
 
