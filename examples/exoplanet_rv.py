@@ -740,13 +740,16 @@ def plot_orbits(f: Fit, rng_key, path, num_curves=50):
             ax.set_title(f"planet {p + 1}: 50 posterior orbits (periods differ)")
             axr.set_xlabel(f"time - {d.t.min():.1f} [{unit_t}]")
         else:
+            # Folded on the mean longitude M + omega, not the mean anomaly M:
+            # for a nearly circular orbit omega (hence M) is free, but the
+            # signal, about K cos(M + omega), is fixed by the mean longitude.
+            lon = samples["phase"][:, p] + samples["omega"][:, p]
             P0 = samples["P"][best, p]
-            M0 = samples["phase"][best, p]
-            x_data = np.mod((d.t - f.model.t_ref) / P0 + M0 / (2 * np.pi), 1.0)
+            x_data = np.mod((d.t - f.model.t_ref) / P0 + lon[best] / (2 * np.pi), 1.0)
             grid = np.linspace(0.0, 1.0, 400)
             for i in pick:
-                Pi, Mi = samples["P"][i, p], samples["phase"][i, p]
-                tt = f.model.t_ref + (grid - Mi / (2 * np.pi)) * Pi
+                Pi = samples["P"][i, p]
+                tt = f.model.t_ref + (grid - lon[i] / (2 * np.pi)) * Pi
                 ax.plot(
                     grid,
                     _planet_signals(f, samples, i, tt)[p],
@@ -757,7 +760,7 @@ def plot_orbits(f: Fit, rng_key, path, num_curves=50):
             ax.set_title(
                 f"planet {p + 1}: P = {P0:.4g} {unit_t.split()[-1].strip('()')} (best draw)"
             )
-            axr.set_xlabel("orbital phase (mean anomaly / 2 pi)")
+            axr.set_xlabel("orbital phase (mean longitude / 2 pi)")
         for k, name in enumerate(names):
             m = codes == k
             style = dict(fmt="o", ms=3, color=f"C{k + 1}", elinewidth=0.8)
