@@ -177,3 +177,22 @@ def test_plots_two_planets(tmp_path, name, spread):
     ex.plot_orbits(fake, jax.random.key(0), tmp_path / "o.png")
     assert (tmp_path / "p.png").stat().st_size > 10_000
     assert (tmp_path / "o.png").stat().st_size > 10_000
+
+
+def test_polish_map_reaches_the_optimum_of_an_ill_conditioned_target():
+    # Widths spanning 5 decades, like 51 Peg's period vs its jitter.
+    scales = jnp.array([1e-5, 1e-3, 0.1, 1.0])
+    centre = jnp.array([0.3, -0.2, 0.5, 1.0])
+
+    class Target:
+        @staticmethod
+        def logdensity_fn(x):
+            return -0.5 * jnp.sum(((x - centre) / scales) ** 2)
+
+    x0 = np.asarray(centre) + np.array([2e-5, 0.0, 0.3, -2.0])
+    lp0 = float(Target.logdensity_fn(jnp.asarray(x0, jnp.float32)))
+    x, lp = ex.polish_map(Target, x0, lp0)
+    assert lp0 < -4.0
+    assert lp > -0.01
+    # within a hundredth of a width in every direction
+    assert np.all(np.abs(x - np.asarray(centre)) < 0.01 * np.asarray(scales))
