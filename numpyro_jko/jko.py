@@ -569,7 +569,7 @@ def fit(
                 chain = chain._replace(layers=tuple(layers))
                 next_is_rejection = plan[layer_index + 1 : layer_index + 2] == ["R"]
                 if config.reuse_particles and not next_is_rejection:
-                    x, energy, log_g = _cnf_chunk(
+                    pushed = _cnf_chunk(
                         key_push,
                         state.params,
                         x,
@@ -578,6 +578,10 @@ def fit(
                         spec=spec,
                         divergence=density_divergence,
                     )
+                    # Through the host: on several devices the push's outputs are
+                    # split over them, and the training step was compiled for
+                    # particles held whole (it splits only the minibatch).
+                    x, energy, log_g = (jnp.asarray(np.asarray(a)) for a in pushed)
                 else:
                     # Rejection layers need particles the CNF was not trained on:
                     # the CNF overfits its training set, so log-weights there are
