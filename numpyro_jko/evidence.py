@@ -52,17 +52,32 @@ class Evidence(NamedTuple):
 def pareto_k(log_weights) -> float:
     """PSIS ``k-hat`` of importance log-weights, by ArviZ (``nan`` if undefined).
 
+    Undefined (``nan``) for fewer than 20 finite weights, and when a tenth or more
+    of the tail PSIS fits (its ``min(n / 5, 3 sqrt(n))`` largest weights) ties with
+    the largest weight to 1e-6 in log.  Stacked rejection layers cap the weights
+    this way.  A generalized Pareto fit to a tail of ties is degenerate: ArviZ
+    returns ``inf`` for normal log-weights capped at their 90 % quantile, and
+    -0.2 once the ties are broken by a 1e-6 jitter.  A capped tail has finite
+    variance; ``log_Z_se`` and the ESS describe such weights.
+
     Examples
     --------
     >>> import numpy as np
-    >>> pareto_k(np.random.default_rng(0).normal(size=2000) * 0.1) < 0.5
+    >>> log_w = np.random.default_rng(0).normal(size=2000) * 0.1
+    >>> pareto_k(log_w) < 0.5
     True
+    >>> pareto_k(np.minimum(log_w, np.quantile(log_w, 0.9)))  # capped: ties
+    nan
     """
     import arviz as az
 
     log_weights = np.asarray(log_weights, dtype=np.float64)
     log_weights = log_weights[np.isfinite(log_weights)]
     if log_weights.size < 20:
+        return float("nan")
+    tail = int(min(0.2 * log_weights.size, 3 * np.sqrt(log_weights.size)))
+    ties = np.sum(log_weights >= log_weights.max() - 1e-6)
+    if ties >= max(2, 0.1 * tail):
         return float("nan")
     with warnings.catch_warnings():
         # ArviZ warns on large k; we report k and let callers warn with context.
