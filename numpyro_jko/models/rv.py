@@ -16,6 +16,7 @@ This module provides
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -356,6 +357,7 @@ def keplerian_model(
     trend=0,
     trend_scale=None,
     trend_t_ref=None,
+    order="period",
 ):
     """Build a NumPyro model of radial velocities with ``num_planets`` planets.
 
@@ -411,6 +413,23 @@ def keplerian_model(
     ``log_K``, shape ``(num_planets,)``
         ``Uniform(log(K_lo), log(K_hi))``, i.e. ``K`` log-uniform on
         ``K_bounds``.
+
+    With ``order="amplitude"`` the planets are labelled by decreasing ``K``
+    instead of increasing ``P``; the prior of the (unordered) physical
+    parameters and hence the evidence are the same, only the sites change:
+    ``log_P_frac``, shape ``(num_planets,)``, ``Uniform(0, 1)``, with ``log_P =
+    log(P_lo) + (log(P_hi) - log(P_lo)) * log_P_frac`` (i.i.d., not ordered);
+    ``log_K_max``, shape ``()``, ``Uniform(log(K_lo), log(K_hi))``, the largest
+    ``log K``; and, for ``num_planets >= 2``, ``log_K_fracs``, shape
+    ``(num_planets - 1,)``, ``Uniform(0, 1)``, with ``log K_{j+1} = log K_lo +
+    (log K_j - log K_lo) * log_K_fracs[j]``, plus the factor
+    ``"amplitude_order"``, ``log(n!) - (n - 1) log(log K_hi - log K_lo) +
+    sum_{j < n} log(log K_j - log K_lo)``, which makes the density of the
+    ordered ``log K`` that of the order statistics of ``n`` i.i.d. uniforms.
+    This labelling suits an over-complete model (2 planets where the data hold
+    one): its posterior is then one connected region, the strong planet near
+    its orbit and the weak one anywhere, where the period labelling splits it
+    in two (the weak planet's period below or above the strong one's).
     ``offset``, shape ``(num_instruments,)`` (absent if ``marginalize_offsets``)
         ``Normal(mean of that instrument's rv, offset_scale)``.
     ``trend``, shape ``(trend,)`` (only if ``trend >= 1``; absent if
@@ -511,6 +530,9 @@ def keplerian_model(
     trend_t_ref : float, optional
         Reference epoch of the drift. Default: the mean observation time,
         which decorrelates the slope from the offset of a single instrument.
+    order : {"period", "amplitude"}, default "period"
+        How the planets are labelled: by increasing period or by decreasing
+        semi-amplitude (see above). The evidence does not depend on it.
 
     Returns
     -------
@@ -521,7 +543,8 @@ def keplerian_model(
         available with ``marginalize_offsets=True``). It carries the attributes
         ``t_ref``, ``instrument_names``, ``num_planets``, ``num_instruments``,
         ``period_bounds``, ``K_bounds``, ``offset_loc``, ``offset_scale``,
-        ``jitter_log_loc`` and ``jitter_log_scale``.
+        ``jitter_log_loc``, ``jitter_log_scale``, ``trend``, ``trend_scale``
+        (array of shape ``(trend,)``), ``trend_t_ref`` and ``order``.
 
     Notes
     -----
@@ -580,6 +603,8 @@ def keplerian_model(
             f"phase_concentration must be an integer >= 1; got {phase_concentration}"
         )
 
+    if order not in ("period", "amplitude"):
+        raise ValueError(f"order must be 'period' or 'amplitude'; got {order!r}")
     if int(trend) != trend or not 0 <= trend <= 2:
         raise ValueError(f"trend must be 0, 1 or 2; got {trend}")
     trend = int(trend)
@@ -640,10 +665,7 @@ def keplerian_model(
     # jit) compile a few programs instead of every primitive one by one; under
     # an outer jit they are simply inlined.
     @jax.jit
-    def planet_terms(spacings, ecc_vec, phase_vec, log_K):
-        log_P = log_p_lo + (log_p_hi - log_p_lo) * jnp.cumsum(
-            spacings[..., :-1], axis=-1
-        )
+    def planet_terms(log_P, ecc_vec, phase_vec, log_K):
         P = jnp.exp(log_P)
         K = jnp.exp(log_K)
         r2 = jnp.sum(ecc_vec**2, axis=-1)
@@ -711,11 +733,36 @@ def keplerian_model(
         sd = jnp.sqrt(jnp.diag(cov)) * unscale
         return -0.5 * (quad + logdet), mean, sd
 
+    def _descending_log_K(num):
+        lo, span = np.log(k_lo), np.log(k_hi) - np.log(k_lo)
+        top = numpyro.sample("log_K_max", dist.Uniform(lo, lo + span))
+        if num == 1:
+            return top[None]
+        fracs = numpyro.sample(
+            "log_K_fracs", dist.Uniform(0.0, 1.0).expand([num - 1]).to_event(1)
+        )
+        values = [top]
+        for j in range(num - 1):
+            values.append(lo + (values[-1] - lo) * fracs[j])
+        log_K = jnp.stack(values)
+        numpyro.factor(
+            "amplitude_order",
+            math.lgamma(num + 1) - (num - 1) * np.log(span)
+            + jnp.sum(jnp.log(log_K[:-1] - lo)),
+        )  # fmt: skip
+        return log_K
+
     def model(rv=_USE_DATA):
         obs = rv_np if rv is _USE_DATA else rv
 
-        if num_planets > 0:
+        if num_planets > 0 and order == "period":
             spacings = numpyro.sample("log_P_spacings", _FlatDirichlet(num_planets + 1))
+            log_P = log_p_lo + (log_p_hi - log_p_lo) * jnp.cumsum(spacings[:-1])
+        elif num_planets > 0:
+            unit = dist.Uniform(0.0, 1.0)
+            frac = numpyro.sample("log_P_frac", unit.expand([num_planets]).to_event(1))
+            log_P = log_p_lo + (log_p_hi - log_p_lo) * frac
+        if num_planets > 0:
             ecc_vec = numpyro.sample(
                 "ecc_vec", dist.Normal(0.0, 1.0).expand([num_planets, 2]).to_event(2)
             )
@@ -723,13 +770,16 @@ def keplerian_model(
                 "phase_vec",
                 _IsotropicRing(phase_concentration, (num_planets,)).to_event(1),
             )
-            log_K = numpyro.sample(
-                "log_K",
-                dist.Uniform(np.log(k_lo), np.log(k_hi))
-                .expand([num_planets])
-                .to_event(1),
-            )
-            phys, signal = planet_terms(spacings, ecc_vec, phase_vec, log_K)
+            if order == "period":
+                log_K = numpyro.sample(
+                    "log_K",
+                    dist.Uniform(np.log(k_lo), np.log(k_hi))
+                    .expand([num_planets])
+                    .to_event(1),
+                )
+            else:
+                log_K = _descending_log_K(num_planets)
+            phys, signal = planet_terms(log_P, ecc_vec, phase_vec, log_K)
             for site, value in phys.items():
                 numpyro.deterministic(site, value)
         else:
@@ -786,6 +836,7 @@ def keplerian_model(
     model.jitter_log_loc = jit_loc
     model.jitter_log_scale = float(jitter_log_scale)
     model.trend = trend
+    model.order = order
     model.trend_scale = trend_sd
     model.trend_t_ref = trend_t_ref
     return model
