@@ -430,6 +430,10 @@ def keplerian_model(
     one): its posterior is then one connected region, the strong planet near
     its orbit and the weak one anywhere, where the period labelling splits it
     in two (the weak planet's period below or above the strong one's).
+    Caveat: :class:`numpyro.infer.Predictive` draws ``log_K_max`` and
+    ``log_K_fracs`` from their uniform site distributions and ignores the
+    factor, so its "prior" draws of ``K`` are not the model's prior with this
+    labelling (the log density, hence MCMC and the evidence, are right).
     ``offset``, shape ``(num_instruments,)`` (absent if ``marginalize_offsets``)
         ``Normal(mean of that instrument's rv, offset_scale)``.
     ``trend``, shape ``(trend,)`` (only if ``trend >= 1``; absent if
