@@ -114,6 +114,51 @@ def test_reference_and_nested_model_likelihoods_match_the_model():
     )
 
 
+def test_is_reference_likelihood_and_aliases():
+    # The evidence reference's float64 likelihood (planets as (f, log K, h, k,
+    # lambda)) is the model's, for 2 planets in either order; its proposal's
+    # alias copies of an orbit fit the 6.86 d grid's data as well as the orbit.
+    data, model = _base("bl2009_1", 2)
+    y = np.array([[1 / 704.0, 4.1, -0.03, -0.6, -1.1], [1 / 37.0, 1.0, 0.3, 0.2, 2.0]])
+    log_jit = -1.0
+    expected = []
+    for p in ([0, 1], [1, 0]):
+        yy = y[p]
+        yy = yy[np.argsort(1 / yy[:, 0])]  # model: increasing period
+        lo, hi = np.log(model.period_bounds)
+        u = (np.log(1 / yy[:, 0]) - lo) / (hi - lo)
+        e = yy[:, 2] ** 2 + yy[:, 3] ** 2
+        om = np.arctan2(yy[:, 3], yy[:, 2])
+        r = np.sqrt(-2.0 * np.log1p(-e / 0.99))
+        values = {
+            "log_P_spacings": jnp.array([u[0], u[1] - u[0], 1.0 - u[1]]),
+            "ecc_vec": jnp.array(np.stack([r * np.cos(om), r * np.sin(om)], -1)),
+            "phase_vec": jnp.array(np.stack([np.cos(yy[:, 4]), np.sin(yy[:, 4])], -1)),
+            "log_K": jnp.array(yy[:, 1]),
+            "log_jitter": jnp.array([log_jit]),
+        }
+        expected.append(_obs_marginal(model, values))
+    got = rns.log_marginal_likelihood(
+        np.stack([y, y[::-1]]), np.full(2, log_jit), data, model
+    )
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    base1 = ex.build_model(data, ex.PROBLEMS["bl2009_1"], 1)
+    # near the MAP (a poor fit magnifies the grid's 1e-3 imperfection)
+    mean = np.array([1.42122e-3, 4.10104, -0.028223, -0.61662, -1.13627, -1.05726])
+    step = ex.time_grid_step(data.t)
+    prop = rns.ModeProposal(mean, np.eye(6) * 1e-6, data, base1, step)
+    assert len(prop.means) > 6
+    assert np.all(prop.means[:, 0] > 0)
+    ll = rns.log_marginal_likelihood(
+        prop.means[:, None, :5], prop.means[:, 5], data, base1
+    )
+    assert np.ptp(ll) < 0.05  # the grid is exact to 1e-3 of a step
+    # mixture weights: prior mass of each copy, proportional to the period
+    np.testing.assert_allclose(
+        np.exp(prop.log_pi), (1 / prop.means[:, 0]) / np.sum(1 / prop.means[:, 0])
+    )
+
+
 def test_kepler_newton_reference_solver():
     M = np.linspace(-7.0, 7.0, 301)
     for e in (0.0, 0.5, 0.9, 0.99):

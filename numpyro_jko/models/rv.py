@@ -16,6 +16,7 @@ This module provides
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -353,6 +354,10 @@ def keplerian_model(
     e_max=0.99,
     phase_concentration=8,
     marginalize_offsets=False,
+    trend=0,
+    trend_scale=None,
+    trend_t_ref=None,
+    order="period",
 ):
     """Build a NumPyro model of radial velocities with ``num_planets`` planets.
 
@@ -362,11 +367,14 @@ def keplerian_model(
     :func:`numpyro.infer.util.log_density` with empty ``args``/``kwargs``.
     The model is
 
-    ``rv_n ~ Normal(offset[i_n] + sum_p v_p(t_n), sqrt(rv_err_n**2 + jitter[i_n]**2))``
+    ``rv_n ~ Normal(offset[i_n] + drift(t_n) + sum_p v_p(t_n), sqrt(rv_err_n**2 + jitter[i_n]**2))``
 
     independently for each point ``n`` (inside ``numpyro.plate("data", N)``),
-    where ``i_n`` is the instrument of point ``n`` and ``v_p`` is
-    :func:`rv_curve` for planet ``p``, evaluated at ``t_n - t_ref``.
+    where ``i_n`` is the instrument of point ``n``, ``v_p`` is
+    :func:`rv_curve` for planet ``p``, evaluated at ``t_n - t_ref``, and
+    ``drift(t) = sum_{k=1..trend} trend[k-1] * (t - trend_t_ref)**k`` is an
+    optional polynomial drift (zero by default: ``trend=0``), e.g. the pull of
+    a distant companion whose period is much longer than the time span.
 
     **Latent sites and priors** (every one is proper, so the model's evidence
     is well defined and comparable across ``num_planets``):
@@ -405,8 +413,38 @@ def keplerian_model(
     ``log_K``, shape ``(num_planets,)``
         ``Uniform(log(K_lo), log(K_hi))``, i.e. ``K`` log-uniform on
         ``K_bounds``.
+
+    With ``order="amplitude"`` the planets are labelled by decreasing ``K``
+    instead of increasing ``P``; the prior of the (unordered) physical
+    parameters and hence the evidence are the same, only the sites change:
+    ``log_P_frac``, shape ``(num_planets,)``, ``Uniform(0, 1)``, with ``log_P =
+    log(P_lo) + (log(P_hi) - log(P_lo)) * log_P_frac`` (i.i.d., not ordered);
+    ``log_K_max``, shape ``()``, ``Uniform(log(K_lo), log(K_hi))``, the largest
+    ``log K``; and, for ``num_planets >= 2``, ``log_K_fracs``, shape
+    ``(num_planets - 1,)``, ``Uniform(0, 1)``, with ``log K_{j+1} = log K_lo +
+    (log K_j - log K_lo) * log_K_fracs[j]``, plus the factor
+    ``"amplitude_order"``, ``log(n!) - (n - 1) log(log K_hi - log K_lo) +
+    sum_{j < n} log(log K_j - log K_lo)``, which makes the density of the
+    ordered ``log K`` that of the order statistics of ``n`` i.i.d. uniforms.
+    This labelling suits an over-complete model (2 planets where the data hold
+    one): its posterior is then one connected region, the strong planet near
+    its orbit and the weak one anywhere, where the period labelling splits it
+    in two (the weak planet's period below or above the strong one's).
+    Caveat: :class:`numpyro.infer.Predictive` draws ``log_K_max`` and
+    ``log_K_fracs`` from their uniform site distributions and ignores the
+    factor, so its "prior" draws of ``K`` are not the model's prior with this
+    labelling (the log density, hence MCMC and the evidence, are right).
     ``offset``, shape ``(num_instruments,)`` (absent if ``marginalize_offsets``)
         ``Normal(mean of that instrument's rv, offset_scale)``.
+    ``trend``, shape ``(trend,)`` (only if ``trend >= 1``; absent if
+    ``marginalize_offsets``, which integrates it out with the offsets)
+        ``Normal(0, trend_scale[k-1])`` on the coefficient of
+        ``(t - trend_t_ref)**k``: the slope (``k = 1``, velocity unit per time
+        unit, e.g. m/s/day) and the curvature (``k = 2``, m/s/day**2). The
+        default scales, ``ptp / (T / 2)**k`` with ``T`` the time span, make a
+        one-sigma drift move the velocity by ``ptp`` between the reference
+        epoch and either end of the data: wide, but proper (the evidence pays
+        ``log`` of this width for each coefficient).
     ``log_jitter``, shape ``(num_instruments,)``
         ``Normal(log(median rv_err of that instrument), jitter_log_scale)`` (the
         mean can be set with ``jitter_log_loc``):
@@ -432,6 +470,19 @@ def keplerian_model(
     of instruments. The offsets' conditional posterior ``Normal(m_i + W rbar /
     A, 1 / sqrt(A))`` is reported by the deterministic sites
     ``offset_cond_mean`` and ``offset_cond_sd``; there is no ``obs`` site.
+
+    With ``trend >= 1`` the drift coefficients are linear parameters with a
+    Normal prior too, and ``marginalize_offsets=True`` integrates them out
+    jointly with the offsets: with the design matrix ``X`` (one column per
+    instrument, one per power ``(t - trend_t_ref)**k``), the prior
+    ``Normal(m, diag(s**2))`` of the coefficients, ``G = X^T diag(w) X +
+    diag(1 / s**2)`` and ``beta = G^-1 X^T (w r)``, the factor is
+    ``-1/2 [sum w_n (r_n - (X beta)_n)**2 + sum (beta / s)**2 + sum log(2 pi
+    sigma_n**2) + sum log(s**2) + log det G]`` (with ``X`` the instrument
+    one-hot alone this is the formula above). The conditional posterior
+    ``Normal(m + beta, G^-1)`` is reported by ``offset_cond_mean``,
+    ``offset_cond_sd``, ``trend_cond_mean`` and ``trend_cond_sd`` (marginal
+    means and standard deviations of each coefficient).
 
     Parameters
     ----------
@@ -471,7 +522,21 @@ def keplerian_model(
         Shape ``k >= 1`` (an integer) of the Gamma law of ``|phase_vec|**2``
         (see above). It does not change the prior of any physical parameter.
     marginalize_offsets : bool, default False
-        Integrate the offsets out analytically (see above).
+        Integrate the offsets (and the trend coefficients) out analytically
+        (see above).
+    trend : int, default 0
+        Degree of the polynomial drift: 0 (none), 1 (linear: a slope) or 2
+        (linear and quadratic: slope and curvature).
+    trend_scale : float or sequence of float, optional
+        Standard deviations of the Normal priors on the ``trend`` coefficients
+        (one value for all, or one per power), in velocity unit per time
+        unit**k. Default: ``ptp / (T / 2)**k`` (see above).
+    trend_t_ref : float, optional
+        Reference epoch of the drift. Default: the mean observation time,
+        which decorrelates the slope from the offset of a single instrument.
+    order : {"period", "amplitude"}, default "period"
+        How the planets are labelled: by increasing period or by decreasing
+        semi-amplitude (see above). The evidence does not depend on it.
 
     Returns
     -------
@@ -482,7 +547,8 @@ def keplerian_model(
         available with ``marginalize_offsets=True``). It carries the attributes
         ``t_ref``, ``instrument_names``, ``num_planets``, ``num_instruments``,
         ``period_bounds``, ``K_bounds``, ``offset_loc``, ``offset_scale``,
-        ``jitter_log_loc`` and ``jitter_log_scale``.
+        ``jitter_log_loc``, ``jitter_log_scale``, ``trend``, ``trend_scale``
+        (array of shape ``(trend,)``), ``trend_t_ref`` and ``order``.
 
     Notes
     -----
@@ -506,6 +572,20 @@ def keplerian_model(
     >>> info = initialize_model(jax.random.PRNGKey(0), model)[0]
     >>> sorted(info.z)
     ['ecc_vec', 'log_K', 'log_P_spacings', 'log_jitter', 'offset', 'phase_vec']
+
+    A linear drift, sampled or integrated out with the offsets:
+
+    >>> d = load_rv_dataset("51peg")
+    >>> model = keplerian_model(d.t, d.rv, d.rv_err, num_planets=0, trend=1)
+    >>> sorted(initialize_model(jax.random.PRNGKey(0), model)[0].z)
+    ['log_jitter', 'offset', 'trend']
+    >>> model = keplerian_model(
+    ...     d.t, d.rv, d.rv_err, 0, trend=1, marginalize_offsets=True
+    ... )
+    >>> sorted(initialize_model(jax.random.PRNGKey(0), model)[0].z)
+    ['log_jitter']
+    >>> bool(model.trend_scale[0] > 0)
+    True
     """
     t_np = _as_1d(t, "t")
     n = t_np.shape[0]
@@ -526,6 +606,12 @@ def keplerian_model(
         raise ValueError(
             f"phase_concentration must be an integer >= 1; got {phase_concentration}"
         )
+
+    if order not in ("period", "amplitude"):
+        raise ValueError(f"order must be 'period' or 'amplitude'; got {order!r}")
+    if int(trend) != trend or not 0 <= trend <= 2:
+        raise ValueError(f"trend must be 0, 1 or 2; got {trend}")
+    trend = int(trend)
 
     codes_np, names = _encode_instruments(instrument, n)
     n_inst = len(names)
@@ -556,15 +642,34 @@ def keplerian_model(
     onehot = (codes_np[:, None] == np.arange(n_inst)[None, :]).astype(np.float64)
     log_p_lo, log_p_hi = np.log(p_lo), np.log(p_hi)
 
+    # Polynomial drift: powers of (t - trend_t_ref), and of the same time in
+    # units of half the span (tau) for the marginal likelihood's linear
+    # algebra, which then works with columns of order 1 (float32-friendly).
+    trend_t_ref = float(np.mean(t_np)) if trend_t_ref is None else float(trend_t_ref)
+    tau = 0.5 * float(np.ptp(t_np)) or 1.0
+    powers = np.arange(1, trend + 1)
+    if trend_scale is None:
+        trend_sd = scale / tau**powers
+    else:
+        trend_sd = np.broadcast_to(np.asarray(trend_scale, np.float64), (trend,))
+        trend_sd = np.array(trend_sd)
+    if np.any(trend_sd <= 0):
+        raise ValueError("trend_scale must be > 0")
+    dtr_np = t_np - trend_t_ref
+    trend_cols = dtr_np[:, None] ** powers[None, :]  # (N, trend)
+    # Design matrix of the linear parameters in scaled units: offsets, then the
+    # drift coefficients times tau**k; their prior means and sds.
+    design = np.concatenate([onehot, (dtr_np[:, None] / tau) ** powers], axis=1)
+    lin_loc = np.concatenate([off_loc, np.zeros(trend)])
+    lin_sd = np.concatenate([np.full(n_inst, off_scale), trend_sd * tau**powers])
+    lin_unscale = np.concatenate([np.ones(n_inst), tau**-powers])
+
     # The numerical parts are pure functions, jitted so that eager model calls
     # (NumPyro's initialisation traces and differentiates the model outside of
     # jit) compile a few programs instead of every primitive one by one; under
     # an outer jit they are simply inlined.
     @jax.jit
-    def planet_terms(spacings, ecc_vec, phase_vec, log_K):
-        log_P = log_p_lo + (log_p_hi - log_p_lo) * jnp.cumsum(
-            spacings[..., :-1], axis=-1
-        )
+    def planet_terms(log_P, ecc_vec, phase_vec, log_K):
         P = jnp.exp(log_P)
         K = jnp.exp(log_K)
         r2 = jnp.sum(ecc_vec**2, axis=-1)
@@ -608,11 +713,60 @@ def keplerian_model(
         logdet = jnp.sum(jnp.log(_TWO_PI * var)) + jnp.sum(jnp.log(off_scale**2 * A))
         return -0.5 * (quad + logdet), off_loc + W * rbar / A, 1.0 / jnp.sqrt(A)
 
+    @jax.jit
+    def marginal_loglik_linear(obs, signal, var):
+        # Offsets and drift coefficients together (see the docstring): the
+        # quadratic form is evaluated at the conditional mode beta, as a sum of
+        # non-negative terms, not as r^T C^-1 r - b^T G^-1 b.
+        X = jnp.asarray(design)
+        s = jnp.asarray(lin_sd)
+        resid = obs - signal - jnp.asarray(off_loc)[codes_np]
+        w = 1.0 / var
+        G = (X * w[:, None]).T @ X + jnp.diag(1.0 / s**2)
+        cho = jax.scipy.linalg.cho_factor(G, lower=True)
+        beta = jax.scipy.linalg.cho_solve(cho, X.T @ (w * resid))
+        quad = jnp.sum(w * (resid - X @ beta) ** 2) + jnp.sum((beta / s) ** 2)
+        logdet = (
+            jnp.sum(jnp.log(_TWO_PI * var))
+            + jnp.sum(jnp.log(s**2))
+            + 2.0 * jnp.sum(jnp.log(jnp.diag(cho[0])))
+        )
+        cov = jax.scipy.linalg.cho_solve(cho, jnp.eye(G.shape[0]))
+        unscale = jnp.asarray(lin_unscale)
+        mean = (jnp.asarray(lin_loc) + beta) * unscale
+        sd = jnp.sqrt(jnp.diag(cov)) * unscale
+        return -0.5 * (quad + logdet), mean, sd
+
+    def _descending_log_K(num):
+        lo, span = np.log(k_lo), np.log(k_hi) - np.log(k_lo)
+        top = numpyro.sample("log_K_max", dist.Uniform(lo, lo + span))
+        if num == 1:
+            return top[None]
+        fracs = numpyro.sample(
+            "log_K_fracs", dist.Uniform(0.0, 1.0).expand([num - 1]).to_event(1)
+        )
+        values = [top]
+        for j in range(num - 1):
+            values.append(lo + (values[-1] - lo) * fracs[j])
+        log_K = jnp.stack(values)
+        numpyro.factor(
+            "amplitude_order",
+            math.lgamma(num + 1) - (num - 1) * np.log(span)
+            + jnp.sum(jnp.log(log_K[:-1] - lo)),
+        )  # fmt: skip
+        return log_K
+
     def model(rv=_USE_DATA):
         obs = rv_np if rv is _USE_DATA else rv
 
-        if num_planets > 0:
+        if num_planets > 0 and order == "period":
             spacings = numpyro.sample("log_P_spacings", _FlatDirichlet(num_planets + 1))
+            log_P = log_p_lo + (log_p_hi - log_p_lo) * jnp.cumsum(spacings[:-1])
+        elif num_planets > 0:
+            unit = dist.Uniform(0.0, 1.0)
+            frac = numpyro.sample("log_P_frac", unit.expand([num_planets]).to_event(1))
+            log_P = log_p_lo + (log_p_hi - log_p_lo) * frac
+        if num_planets > 0:
             ecc_vec = numpyro.sample(
                 "ecc_vec", dist.Normal(0.0, 1.0).expand([num_planets, 2]).to_event(2)
             )
@@ -620,13 +774,16 @@ def keplerian_model(
                 "phase_vec",
                 _IsotropicRing(phase_concentration, (num_planets,)).to_event(1),
             )
-            log_K = numpyro.sample(
-                "log_K",
-                dist.Uniform(np.log(k_lo), np.log(k_hi))
-                .expand([num_planets])
-                .to_event(1),
-            )
-            phys, signal = planet_terms(spacings, ecc_vec, phase_vec, log_K)
+            if order == "period":
+                log_K = numpyro.sample(
+                    "log_K",
+                    dist.Uniform(np.log(k_lo), np.log(k_hi))
+                    .expand([num_planets])
+                    .to_event(1),
+                )
+            else:
+                log_K = _descending_log_K(num_planets)
+            phys, signal = planet_terms(log_P, ecc_vec, phase_vec, log_K)
             for site, value in phys.items():
                 numpyro.deterministic(site, value)
         else:
@@ -642,12 +799,14 @@ def keplerian_model(
             offset = numpyro.sample(
                 "offset", dist.Normal(off_loc, off_scale).to_event(1)
             )
-            with numpyro.plate("data", n):
-                numpyro.sample(
-                    "obs",
-                    dist.Normal(offset[codes_np] + signal, jnp.sqrt(var)),
-                    obs=obs,
+            mean = offset[codes_np] + signal
+            if trend:
+                coef = numpyro.sample(
+                    "trend", dist.Normal(jnp.zeros(trend), trend_sd).to_event(1)
                 )
+                mean = mean + jnp.asarray(trend_cols) @ coef
+            with numpyro.plate("data", n):
+                numpyro.sample("obs", dist.Normal(mean, jnp.sqrt(var)), obs=obs)
             return
 
         if obs is None:
@@ -655,10 +814,20 @@ def keplerian_model(
                 "model(rv=None) (sampling the observations) is not available "
                 "with marginalize_offsets=True"
             )
-        loglik, cond_mean, cond_sd = marginal_loglik(jnp.asarray(obs), signal, var)
+        if not trend:
+            loglik, cond_mean, cond_sd = marginal_loglik(jnp.asarray(obs), signal, var)
+            numpyro.factor("obs_marginal", loglik)
+            numpyro.deterministic("offset_cond_mean", cond_mean)
+            numpyro.deterministic("offset_cond_sd", cond_sd)
+            return
+        loglik, cond_mean, cond_sd = marginal_loglik_linear(
+            jnp.asarray(obs), signal, var
+        )
         numpyro.factor("obs_marginal", loglik)
-        numpyro.deterministic("offset_cond_mean", cond_mean)
-        numpyro.deterministic("offset_cond_sd", cond_sd)
+        numpyro.deterministic("offset_cond_mean", cond_mean[:n_inst])
+        numpyro.deterministic("offset_cond_sd", cond_sd[:n_inst])
+        numpyro.deterministic("trend_cond_mean", cond_mean[n_inst:])
+        numpyro.deterministic("trend_cond_sd", cond_sd[n_inst:])
 
     model.t_ref = t_ref
     model.instrument_names = names
@@ -670,6 +839,10 @@ def keplerian_model(
     model.offset_scale = off_scale
     model.jitter_log_loc = jit_loc
     model.jitter_log_scale = float(jitter_log_scale)
+    model.trend = trend
+    model.order = order
+    model.trend_scale = trend_sd
+    model.trend_t_ref = trend_t_ref
     return model
 
 
