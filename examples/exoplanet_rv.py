@@ -502,8 +502,11 @@ def posterior_moments(rng_key, model, target, num_draws=200_000, chunk=50_000):
         xs.append(np.asarray(x, np.float64))
         log_liks.append(np.asarray(log_lik, np.float64))
     x, log_lik = np.concatenate(xs), np.concatenate(log_liks)
-    ok = np.isfinite(log_lik)
-    w = np.where(ok, np.exp(log_lik - np.max(log_lik[ok])), 0.0)
+    # Drop draws with a non-finite likelihood or position: a zero weight times an
+    # infinite coordinate would still make the moments NaN.
+    ok = np.isfinite(log_lik) & np.all(np.isfinite(x), axis=1)
+    x, log_lik = x[ok], log_lik[ok]
+    w = np.exp(log_lik - np.max(log_lik))
     w /= w.sum()
     if 1.0 / np.sum(w**2) < 20 * x.shape[1]:
         return None

@@ -328,10 +328,15 @@ class _Stream:
                 spec=chain.spec,
                 divergence=chain.density_divergence,
             )
-        # Only the candidates this request needs: a whole chunk here would make
-        # every level below over-produce in turn (measured: 4096 draws through nine
-        # layers cost 61 440 bottom draws instead of 21 000).
-        num_valid = min(size, need)
+        # Only about the candidates this request needs: a whole chunk here would
+        # make every level below over-produce in turn (measured: 4096 draws through
+        # nine layers cost 61 440 bottom draws instead of 21 000).  At least an
+        # eighth of a chunk, so that small top-ups are served from the buffer.
+        num_valid = min(size, max(need, size // 8))
+        # One request below for the candidates and their expected replacements:
+        # asking twice (candidates, then replacements) doubled the calls at every
+        # level down, 2**R calls through R layers.
+        self.below.fill(num_valid + round(num_valid * float(layer.rbar)))
         candidates = _pad(self.below.take(num_valid), size)
         rejected = np.array(  # a writable host copy
             _rejection_mask(self._next_key(), candidates[1], candidates[2], layer.log_c)
@@ -343,7 +348,8 @@ class _Stream:
         # Trim on the host (a device slice would compile once per length).
         return tuple(np.asarray(a)[:num_valid] for a in filled)
 
-    def take(self, n: int):
+    def fill(self, n: int):
+        """Produce until at least ``n`` draws are buffered."""
         while self.buffer is None or len(self.buffer[0]) < n:
             have = 0 if self.buffer is None else len(self.buffer[0])
             chunk = tuple(np.asarray(a) for a in self._produce(n - have))
@@ -354,6 +360,9 @@ class _Stream:
                     np.concatenate([b, c])
                     for b, c in zip(self.buffer, chunk, strict=True)
                 )
+
+    def take(self, n: int):
+        self.fill(n)
         out = tuple(b[:n] for b in self.buffer)
         self.buffer = tuple(b[n:] for b in self.buffer)
         return out
