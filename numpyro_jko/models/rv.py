@@ -414,6 +414,24 @@ def keplerian_model(
         ``Uniform(log(K_lo), log(K_hi))``, i.e. ``K`` log-uniform on
         ``K_bounds``.
 
+    ``offset``, shape ``(num_instruments,)`` (absent if ``marginalize_offsets``)
+        ``Normal(mean of that instrument's rv, offset_scale)``.
+    ``trend``, shape ``(trend,)`` (only if ``trend >= 1``)
+        Absent if ``marginalize_offsets``, which integrates it out with the
+        offsets.  ``Normal(0, trend_scale[k-1])`` on the coefficient of
+        ``(t - trend_t_ref)**k``: the slope (``k = 1``, velocity unit per time
+        unit, e.g. m/s/day) and the curvature (``k = 2``, m/s/day**2). The
+        default scales, ``ptp / (T / 2)**k`` with ``T`` the time span, make a
+        one-sigma drift move the velocity by ``ptp`` between the reference
+        epoch and either end of the data: wide, but proper (the evidence pays
+        ``log`` of this width for each coefficient).
+    ``log_jitter``, shape ``(num_instruments,)``
+        ``Normal(log(median rv_err of that instrument), jitter_log_scale)`` (the
+        mean can be set with ``jitter_log_loc``):
+        the jitter is a priori of the order of the quoted errors, with a
+        factor ``exp(2 * 2) ~ 55`` either way inside the 95% interval by
+        default.
+
     With ``order="amplitude"`` the planets are labelled by decreasing ``K``
     instead of increasing ``P``; the prior of the (unordered) physical
     parameters and hence the evidence are the same, only the sites change:
@@ -434,23 +452,6 @@ def keplerian_model(
     ``log_K_fracs`` from their uniform site distributions and ignores the
     factor, so its "prior" draws of ``K`` are not the model's prior with this
     labelling (the log density, hence MCMC and the evidence, are right).
-    ``offset``, shape ``(num_instruments,)`` (absent if ``marginalize_offsets``)
-        ``Normal(mean of that instrument's rv, offset_scale)``.
-    ``trend``, shape ``(trend,)`` (only if ``trend >= 1``; absent if
-    ``marginalize_offsets``, which integrates it out with the offsets)
-        ``Normal(0, trend_scale[k-1])`` on the coefficient of
-        ``(t - trend_t_ref)**k``: the slope (``k = 1``, velocity unit per time
-        unit, e.g. m/s/day) and the curvature (``k = 2``, m/s/day**2). The
-        default scales, ``ptp / (T / 2)**k`` with ``T`` the time span, make a
-        one-sigma drift move the velocity by ``ptp`` between the reference
-        epoch and either end of the data: wide, but proper (the evidence pays
-        ``log`` of this width for each coefficient).
-    ``log_jitter``, shape ``(num_instruments,)``
-        ``Normal(log(median rv_err of that instrument), jitter_log_scale)`` (the
-        mean can be set with ``jitter_log_loc``):
-        the jitter is a priori of the order of the quoted errors, with a
-        factor ``exp(2 * 2) ~ 55`` either way inside the 95% interval by
-        default.
 
     **Deterministic sites** (physical values): ``P``, ``log_P``, ``K``, ``e``,
     ``omega``, ``phase`` (mean anomaly at ``t_ref``, in ``[-pi, pi)``; the
