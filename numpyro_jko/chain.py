@@ -13,7 +13,7 @@ buffer; a rejection layer takes a chunk of candidates from the stream below,
 counts its rejections ``k``, takes exactly ``k`` more draws from that stream as
 replacements (padded to the chunk shape), and fills them in.  A rejection level
 takes only as many candidates as its request still needs (padded to the chunk
-shape, the padding never rejected), so the levels below are asked for exactly
+shape, the padding never rejected), so the levels below are asked for about
 ``prod(1 + r)`` draws per output and only the fused bottom, where the solves are,
 rounds up to whole chunks.  Leftovers stay in the buffer for the next request, so
 nothing recompiles.
