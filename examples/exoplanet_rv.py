@@ -980,8 +980,35 @@ def plot_pairs(f: Fit, rng_key, path):
     )
     fig = np.ravel(axes)[0].figure
     fig.suptitle(f"{f.problem.title}: {f.num_planets}-planet model")
-    fig.savefig(path, dpi=90)
+    _offsets_into_labels(fig)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the longer labels fit
     plt.close(fig)
+
+
+def _offsets_into_labels(fig):
+    """Move each axis's tick offset (``1e-5+1.442``) into its label.
+
+    A log period known to 1e-5 gets an offset text, which Matplotlib draws where
+    the axis label of a pair plot's bottom row already is.
+    """
+    from matplotlib.ticker import ScalarFormatter
+
+    fig.canvas.draw()  # formatters fix their offsets when the ticks are drawn
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            fmt = axis.get_major_formatter()
+            if not isinstance(fmt, ScalarFormatter) or not fmt.get_offset():
+                continue
+            axis.offsetText.set_visible(False)
+            label = axis.get_label_text()
+            if not label:
+                continue
+            parts = []
+            if fmt.orderOfMagnitude:
+                parts.append(f"× 1e{fmt.orderOfMagnitude}")
+            if fmt.offset:
+                parts.append(f"{fmt.offset:+.8g}")
+            axis.set_label_text(f"{label}\n(ticks {' '.join(parts)})")
 
 
 # ----------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ def test_periodogram_finds_51peg():
     assert ex._peaks(periods, chi2, 1)[0] == pytest.approx(4.2308, rel=2e-3)
 
 
+@pytest.mark.slow  # 20-45 s on one core: keeps the default suite under 10 min
 def test_whitened_model_keeps_the_log_joint():
     data, model = _base("bl2009_1", 1)
     target = ex.model_target(model)
@@ -166,6 +167,7 @@ def test_kepler_newton_reference_solver():
         assert np.max(np.abs(E - e * np.sin(E) - np.mod(M, 2 * np.pi))) < 1e-10
 
 
+@pytest.mark.slow  # 20-45 s on one core: keeps the default suite under 10 min
 def test_zero_planet_fit_matches_quadrature():
     # 0 planets, offset marginalized: log Z is a 1-d integral over log jitter.
     data, model = _base("bl2009_1", 0)

@@ -390,6 +390,7 @@ def test_model_argument_validation():
         Predictive(model, num_samples=2)(jax.random.PRNGKey(0), rv=None)
 
 
+@pytest.mark.slow  # 20-45 s on one core: keeps the default suite under 10 min
 def test_short_nuts_run_bl2009_1():
     d = load_rv_dataset("bl2009_1")
     model = keplerian_model(d.t, d.rv, d.rv_err, 1)
