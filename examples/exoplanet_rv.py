@@ -969,15 +969,18 @@ def plot_pairs(f: Fit, rng_key, path):
     var_names = ["log_P", "K", "e", "jitter"] if f.num_planets else ["jitter"]
     num_vars = sum(int(np.prod(idata.posterior[v].shape[2:])) for v in var_names)
     size = min(2.2 * num_vars, 16)
-    axes = az.plot_pair(
-        idata,
-        figsize=(size, size),
-        var_names=var_names,
-        kind="scatter",
-        marginals=True,
-        scatter_kwargs={"alpha": 0.3, "s": 3},
-        textsize=9,
-    )
+    # ArviZ drops variables past plot.max_subplots (40) with a warning: HD 164922's
+    # 2-planet model, with three jitters, needs 81.
+    with az.rc_context({"plot.max_subplots": num_vars**2}):
+        axes = az.plot_pair(
+            idata,
+            figsize=(size, size),
+            var_names=var_names,
+            kind="scatter",
+            marginals=True,
+            scatter_kwargs={"alpha": 0.3, "s": 3},
+            textsize=9,
+        )
     fig = np.ravel(axes)[0].figure
     fig.suptitle(f"{f.problem.title}: {f.num_planets}-planet model")
     _offsets_into_labels(fig)
