@@ -38,6 +38,7 @@ JAX to x64.  Saves ``benchmarks/results/rv_nested_sampling.md``.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import pathlib
@@ -577,7 +578,8 @@ def main(argv=None):
         "90 % Student-t copies of the 1-planet Laplace fit on every exact alias of "
         "the 6.86 d time grid (for 2 planets: one planet from those, the other from "
         "the prior; the JKO latent is not used).  NestedSampler: jaxns "
-        f"{'(not run)' if args.skip_ns else ''}, {args.live_points} live points, "
+        f"{'(not run)' if args.skip_ns else importlib.metadata.version('jaxns')}, "
+        f"{args.live_points} live points, "
         f"max_samples {args.max_samples}"
         f"{', ' + json.dumps(args.ns_kwargs) if args.ns_kwargs else ''}"
         f"{jitter_text(args.jitter_nodes)} (jaxns termination bits: 1 = max_samples "
