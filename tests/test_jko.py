@@ -167,14 +167,17 @@ def test_chunked_sampling_handles_many_draws(key):
 
 @pytest.mark.slow
 def test_mixture_log_z_and_mode_weights(key):
-    """Normalized 3-mode mixture: log Z = 0 within 3 se; mode weights within MC error."""
+    """Normalized 3-mode mixture: log Z = 0 within 3 se (IS and rbar); mode weights within MC error."""
     means = jnp.array([[-1.5, 0.0], [1.5, 0.0], [0.0, 1.5]])
     target = targets.gaussian_mixture(means, 0.09, weights=jnp.array([0.5, 0.3, 0.2]))
     config = jko.JKOConfig(num_particles=8192, num_iterations=400, num_blocks=3)
-    chain, _ = jko.fit(key, target.logdensity_fn, 2, config, progress_bar=False)
+    chain, info = jko.fit(key, target.logdensity_fn, 2, config, progress_bar=False)
     x, energy, log_g = draw(jax.random.fold_in(key, 1), chain, 40000)
     est = evidence.log_evidence(log_g, -energy)
-    assert abs(est.log_Z) < 3 * est.log_Z_se + 1e-3, est
+    # The fitted rejection rates put an error on the chain's normalization that the
+    # IS se cannot see (flat weights: se 3e-5); the budget holds both.
+    budget = 3 * np.hypot(est.log_Z_se, info.log_z_se_rbar) + 1e-3
+    assert abs(est.log_Z) < budget, (est, info.log_z_se_rbar)
     w = np.asarray(metrics.mode_weights(x, means))
     sd = np.sqrt(np.array([0.5, 0.3, 0.2]) * (1 - np.array([0.5, 0.3, 0.2])) / len(x))
     np.testing.assert_array_less(np.abs(w - np.array([0.5, 0.3, 0.2])), 4 * sd + 0.01)
