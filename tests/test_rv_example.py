@@ -51,6 +51,27 @@ def _obs_marginal(model, values):
     return float(site["fn"].log_prob(site["value"]))
 
 
+def _nested_values(model, P, e, omega, lam, K, log_jitter=None):
+    """Site values of the nested-sampling model (1 planet); no jitter: integrated out."""
+    lo, hi = np.log(model.period_bounds)
+    values = {
+        "u_log_P": jnp.array([(np.log(P) - lo) / (hi - lo)]),
+        "e": jnp.array([e]),
+        "omega": jnp.array([omega]),
+        "lam": jnp.array([lam]),
+        "log_K": jnp.array([np.log(K)]),
+    }
+    if log_jitter is not None:
+        values["log_jitter"] = jnp.array([log_jitter])
+    return values
+
+
+def _nested_loglik(ns_model, values):
+    tr = handlers.trace(handlers.substitute(ns_model, data=values)).get_trace()
+    site = tr["loglik"]
+    return float(site["fn"].log_prob(site["value"]))
+
+
 def test_time_grid_step_finds_bl2009_grid():
     assert ex.time_grid_step(ex.load_rv_dataset("bl2009_1").t) == pytest.approx(
         6.86274, abs=1e-4
@@ -99,21 +120,9 @@ def test_reference_and_nested_model_likelihoods_match_the_model():
     ref = jr.log_marginal_likelihood(draws, data, model)[0]
     assert ref == pytest.approx(expected, abs=1e-3)
     # nested-sampling model: inverse-CDF sites, same likelihood
-    lo, hi = np.log(model.period_bounds)
-    ns_values = {
-        "u_log_P": jnp.array([(np.log(P) - lo) / (hi - lo)]),
-        "e": jnp.array([e]),
-        "omega": jnp.array([omega]),
-        "lam": jnp.array([lam]),
-        "log_K": jnp.array([np.log(K)]),
-        "log_jitter": jnp.array([log_jit]),
-    }
-    ns_model = rns.nested_model_for(model)
-    tr = handlers.trace(handlers.substitute(ns_model, data=ns_values)).get_trace()
-    site = tr["loglik"]
-    assert float(site["fn"].log_prob(site["value"])) == pytest.approx(
-        expected, abs=1e-3
-    )
+    ns_values = _nested_values(model, P, e, omega, lam, K, log_jit)
+    got = _nested_loglik(rns.nested_model_for(model), ns_values)
+    assert got == pytest.approx(expected, abs=1e-3)
 
 
 def test_nested_model_jitter_quadrature_matches_a_fine_grid():
@@ -128,21 +137,11 @@ def test_nested_model_jitter_quadrature_matches_a_fine_grid():
     log_prior = stats.norm(model.jitter_log_loc[0], model.jitter_log_scale).logpdf(grid)
     expected = np.log(np.trapezoid(np.exp(lls + log_prior - lls.max()), grid))
     expected += lls.max()
-    lo, hi = np.log(model.period_bounds)
-    P, e, omega, lam, K = orbit
-    ns_values = {
-        "u_log_P": jnp.array([(np.log(P) - lo) / (hi - lo)]),
-        "e": jnp.array([e]),
-        "omega": jnp.array([omega]),
-        "lam": jnp.array([lam]),
-        "log_K": jnp.array([np.log(K)]),
-    }
+    ns_values = _nested_values(model, *orbit)
     # Measured: 24 nodes -2.5e-2, 48 nodes -2.9e-3, 96 nodes +1e-4 (float32).
     for nodes, tol in ((48, 5e-3), (96, 1e-3)):
         ns_model = rns.nested_model_for(model, jitter_nodes=nodes)
-        tr = handlers.trace(handlers.substitute(ns_model, data=ns_values)).get_trace()
-        site = tr["loglik"]
-        got = float(site["fn"].log_prob(site["value"]))
+        got = _nested_loglik(ns_model, ns_values)
         assert got == pytest.approx(expected, abs=tol), nodes
 
 
