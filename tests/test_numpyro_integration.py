@@ -211,6 +211,7 @@ def test_mcmc_two_chains_are_independent_iid_draws(conj, chain_method):
     assert extra["log_density"].shape == (2, 600)
 
 
+@pytest.mark.slow  # 35 s (a fresh process with two forced host devices), like test_sharding
 def test_parallel_chains_need_a_trained_kernel():
     # pmap needs several devices, fixed when JAX starts: run in a fresh process.
     script = textwrap.dedent(
