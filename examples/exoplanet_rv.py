@@ -113,7 +113,7 @@ PROBLEMS = {
         "The Joker, 4 points",
         (2.0, 4096.0),
         "prior",
-        (0, 1),
+        (0, 1, 2),
         "1 planet, many period modes",
         # The Joker's default prior has no jitter: a 1 m/s jitter (0.2-3 km/s
         # errors) keeps the sharp period modes that a free jitter would wash out.
