@@ -31,8 +31,8 @@ that likelihood by Gauss-Hermite quadrature against its prior (``--jitter-nodes`
 the same evidence): sampled by NS, it stays near the quoted errors, where the
 likelihood has a plateau below them that NS's random-direction slices across the
 thin orbital ridge do not walk along, and NS loses 2-5 nats
-(``benchmarks/results/rv_nested_sampling.md``).  The JKO fits run first, in float32: importing jaxns switches
-JAX to x64.  Saves ``benchmarks/results/rv_nested_sampling.md``.
+(``benchmarks/results/rv_nested_sampling.md``).  The JKO fits run first, in
+float32: importing jaxns switches JAX to x64.  Saves ``benchmarks/results/rv_nested_sampling.md``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def nested_model_for(base, jitter_nodes=0):
     With ``jitter_nodes > 0`` (one instrument, at least one planet) the log jitter
     is integrated out of the likelihood by Gauss-Hermite quadrature against its
     Normal prior, ``L(theta) = int L(theta, j) N(j; mu, sigma) dj``: the evidence is
-    the same, and the nested sampler is left the orbits alone.  Its slice sampler
+    the same, and the nested sampler is left with the orbits alone.  Its slice sampler
     cannot walk along the plateau of the likelihood below the quoted errors while
     staying on the thin orbital ridge (``benchmarks/results/rv_nested_sampling.md``).
 
