@@ -27,7 +27,14 @@ from numpyro_jko import JKOConfig, JKOSampler, NeuralJKO  # noqa: E402
 NUM_CHAINS, NUM_SAMPLES = 4, 2000
 # The quickstart's recipe: a wide latent at the prior median (latent_steps=0).
 CONFIG = JKOConfig(
-    num_particles=4096, num_iterations=200, num_blocks=5, latent_scale=1.5
+    num_particles=4096,
+    num_cnf=2,
+    tau0=0.05,
+    num_iterations=200,
+    num_blocks=5,
+    latent_scale=1.5,
+    latent_moments=3,
+    latent_reference_scale=0.0,
 )
 LATENT_STEPS = 0
 

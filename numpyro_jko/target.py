@@ -34,6 +34,7 @@ __all__ = [
     "fit_latent_mean",
     "LatentMoments",
     "match_latent_moments",
+    "tempered_latent_moments",
 ]
 
 
@@ -510,6 +511,10 @@ class LatentMoments(NamedTuple):
         Weight ESS of the last round that was used (``nan`` when none was).
     num_rounds : int
         Rounds whose moments were adopted (0: the initial latent was kept).
+    beta : float
+        Inverse temperature the moments belong to (:func:`tempered_latent_moments`;
+        1 for :func:`match_latent_moments`): below 1 the latent is the spread of
+        ``g**beta`` bridged to a wide reference, wider than the target's.
 
     Examples
     --------
@@ -522,6 +527,7 @@ class LatentMoments(NamedTuple):
     scale: Any
     ess: float
     num_rounds: int
+    beta: float = 1.0
 
 
 def match_latent_moments(
@@ -601,3 +607,126 @@ def match_latent_moments(
             break
         mean, scale, ess, used = new_mean, new_scale, round_ess, used + 1
     return LatentMoments(mean, scale, ess, used)
+
+
+def tempered_latent_moments(
+    rng_key,
+    logdensity_fn,
+    mean,
+    scale,
+    *,
+    reference_scale: float = 10.0,
+    num_draws: int = 16384,
+    max_rounds: int = 30,
+    ess_fraction: float = 0.5,
+) -> LatentMoments:
+    r"""A Gaussian latent that covers the target, found by tempering from a wide one.
+
+    Plain adaptive importance sampling (:func:`match_latent_moments`) estimates the
+    spread from a proposal as narrow as its current estimate, so mass that the
+    proposal never reaches is never counted: on the mustache, whose arms hold 5 %
+    of the mass out to ``x2 ~ 47``, it returns a spread of 1.1 for ``x2`` against
+    the exact 7.3, and the flows above such a latent miss the arms (energy
+    distance 6e-2).  Here the proposal comes *down* to the target instead.  The
+    bridge ``pi_beta ~ p0**(1 - beta) * g**beta`` runs from a wide reference
+    ``p0 = N(mean, (reference_scale * scale)^2)`` (``beta = 0``) to the target
+    (``beta = 1``).  Each round draws from the Gaussian with the moments of the
+    last bridge density, raises ``beta`` as far as the weight ESS stays at
+    ``ess_fraction`` of the draws (bisection, as in adaptive SMC), and takes the
+    weighted moments there.  Every proposal is at least as wide as the density
+    it weighs, so the weights stay bounded.  Where no Gaussian fits the target
+    (several modes, a curved ridge) ``beta`` stalls below 1 and the latent keeps
+    the spread of the last bridge density it matched: wider than the target,
+    which is the safe side for the flows, since rejection layers can remove mass
+    but never create it.  Measured (seed 0, 16 384 draws a round, reference scale
+    10): mustache ``beta`` 0.008, spread (1.25, 5.5), exact (1.0, 7.3); shifted 8
+    modes ``beta`` 0.17, spread 0.76 (exact 0.71); GMM-10 ``beta`` 0.009, spread
+    1.2-1.3 (exact 0.4-0.7).
+
+    Parameters
+    ----------
+    rng_key : jax.random key
+    logdensity_fn : callable
+        Unnormalized log density of one flat vector.
+    mean : Array, shape (d,)
+    scale : float or Array of shape (d,)
+        Centre and scale of the reference (its scale is ``reference_scale`` times
+        this).
+    reference_scale : float
+    num_draws, max_rounds : int
+        Draws per round; the loop also ends once ``beta`` reaches 1 (after one
+        more round there) or stops rising.
+    ess_fraction : float
+
+    Returns
+    -------
+    LatentMoments
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> logdensity_fn = lambda x: -0.5 * jnp.sum(((x - 3.0) / 0.5) ** 2)
+    >>> fit = tempered_latent_moments(jax.random.key(0), logdensity_fn, jnp.zeros(2), 1.0)
+    >>> fit.beta, bool(jnp.allclose(fit.mean, 3.0, atol=0.05))
+    (1.0, True)
+    >>> bool(jnp.allclose(fit.scale, 0.5, atol=0.05))
+    True
+    """
+    mean = jnp.asarray(mean)
+    dim = mean.shape[0]
+    scale = jnp.broadcast_to(jnp.asarray(scale, mean.dtype), (dim,))
+    ref_mean = np.asarray(mean, np.float64)
+    ref_scale = float(reference_scale) * np.asarray(scale, np.float64)
+    logdensity = jax.jit(jax.vmap(logdensity_fn))
+    m, s = ref_mean, ref_scale
+    beta, ess, used = 0.0, float("nan"), 0
+    threshold = ess_fraction * num_draws
+    for r in range(max_rounds):
+        eps = np.asarray(
+            jax.random.normal(jax.random.fold_in(rng_key, r), (num_draws, dim)),
+            np.float64,
+        )
+        x = m + s * eps
+        log_q = -0.5 * np.sum(eps * eps, axis=-1) - np.sum(np.log(s))
+        log_p0 = -0.5 * np.sum(((x - ref_mean) / ref_scale) ** 2, axis=-1)
+        log_g = np.asarray(logdensity(jnp.asarray(x, mean.dtype)), np.float64)
+        ok = np.isfinite(log_g)
+        if not ok.any():
+            break
+        log_g = np.where(ok, log_g, 0.0)
+
+        def weights(b, log_g=log_g, log_p0=log_p0, log_q=log_q, ok=ok):
+            log_w = np.where(ok, b * log_g + (1.0 - b) * log_p0 - log_q, -np.inf)
+            w = np.exp(log_w - log_w.max())
+            return w / w.sum()
+
+        def ess_at(b):
+            w = weights(b)
+            return 1.0 / float(np.sum(w * w))
+
+        if ess_at(1.0) >= threshold:
+            new_beta = 1.0
+        elif ess_at(beta) < threshold:
+            new_beta = beta  # the proposal lost the bridge: refit at this beta
+        else:
+            lo, hi = beta, 1.0
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if ess_at(mid) >= threshold else (lo, mid)
+            new_beta = lo
+        w = weights(new_beta)
+        new_m = w @ x
+        new_s = np.sqrt(w @ (x - new_m) ** 2)
+        if not np.all(np.isfinite(new_s) & (new_s > 0)):
+            break
+        stalled = r > 0 and new_beta <= beta * 1.02
+        done = beta >= 1.0
+        m, s, ess, used = new_m, new_s, ess_at(new_beta), used + 1
+        beta = new_beta
+        if done or (stalled and beta < 1.0):
+            break
+    if used == 0:
+        return LatentMoments(mean, scale, ess, 0, 0.0)
+    return LatentMoments(
+        jnp.asarray(m, mean.dtype), jnp.asarray(s, mean.dtype), ess, used, beta
+    )

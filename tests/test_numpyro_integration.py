@@ -132,7 +132,15 @@ def _reference_flat():
     return out
 
 
-SLOW_CONFIG = JKOConfig(num_particles=4096, num_iterations=200, num_blocks=4)
+SLOW_CONFIG = JKOConfig(
+    num_particles=4096,
+    num_cnf=2,
+    tau0=0.05,
+    num_iterations=200,
+    num_blocks=4,
+    latent_moments=3,
+    latent_reference_scale=0.0,
+)
 # The quickstart's recipe for the bimodal model: a latent of scale 1.5 at the prior
 # median (latent_steps=0) covers both modes.  Measured with key 0: KL 0.0000 and
 # P(x > 0) off by 0.001 with five blocks, KL 0.0034 and 0.006 with three; the
