@@ -140,6 +140,11 @@ class JKOConfig(NamedTuple):
         narrow where the proposal never reaches part of the mass (the mustache's
         arms: spread 1.1 against 7.3) and keeps the latent as given when the
         weights degenerate.
+    drop_worse_cnf : bool
+        Drop a trained CNF whose output has a lower ELBO than its input (measured
+        on the particles before and after it): a JKO step cannot raise the KL, so
+        such a step failed to train, and it would cost a solve per draw.
+        Recorded in ``JKOInfo.dropped_taus``.
     min_elbo_gain : float
         Trailing rejection layers stop once one would raise the ELBO by less than
         this (measured on the same draws before and after the layer): such a
@@ -189,6 +194,7 @@ class JKOConfig(NamedTuple):
     latent_scale: float = 1.0
     latent_moments: int = 30
     latent_reference_scale: float = 10.0
+    drop_worse_cnf: bool = True
     min_elbo_gain: float = 1e-4
     reuse_particles: bool = True
     reweight_rejection_fit: bool = True
@@ -262,6 +268,10 @@ class JKOInfo(NamedTuple):
         Inverse temperature of the tempered latent search where it stopped (1:
         the target's own moments; below 1: no Gaussian fitted the target better,
         and the latent is wider than the target).
+    dropped_taus : tuple of float
+        Step sizes of trained CNFs that were dropped because they lowered the ELBO
+        (``JKOConfig.drop_worse_cnf``); their training time is in
+        ``train_seconds``.
 
     Examples
     --------
@@ -285,6 +295,7 @@ class JKOInfo(NamedTuple):
     rbar_se: tuple = ()
     latent_rounds: int = 0
     latent_beta: float = 1.0
+    dropped_taus: tuple = ()
 
     @property
     def rejection_rates(self) -> tuple:
@@ -558,6 +569,7 @@ def fit(
     log_cs, rbars, rbar_ses, seconds = [], [], [], []
     last_rate = float("nan")
     cnf_index = 0
+    dropped = []
     try:
         for layer_index, kind in enumerate(plan):
             t_layer = time.perf_counter()
@@ -591,6 +603,8 @@ def fit(
                         loss=float(loss_values[-1]),
                         rej=last_rate,
                     )
+                elbo_before = _elbo_after(None, log_g, energy)
+                previous = (chain, x, energy, log_g)
                 layers.append(CNFLayer(state.params))
                 chain = chain._replace(layers=tuple(layers))
                 next_is_rejection = plan[layer_index + 1 : layer_index + 2] == ["R"]
@@ -621,9 +635,28 @@ def fit(
                             key_push, chain, config.num_particles, config.chunk_size
                         )
                     )
+                cnf_index += 1
+                elbo_now = _elbo_after(None, log_g, energy)
+                if config.drop_worse_cnf and not elbo_now >= elbo_before:
+                    # A JKO step minimizes KL + W2^2 / (2 tau), so it can only lower
+                    # the KL; a trained step that raised it (a large tau whose
+                    # flow the optimizer did not fit: measured on GMM-10, ELBO
+                    # -3.57 -> -4.38 at tau 5.12) is a failed step.  Drop it: it
+                    # would also make every draw one solve dearer.
+                    chain, x, energy, log_g = previous
+                    layers.pop()
+                    dropped.append(float(tau))
+                    if next_is_rejection:
+                        # Fresh draws for the rejection layer (see above).
+                        x, energy, log_g = (
+                            jnp.asarray(a)
+                            for a in draw(
+                                key_push, chain, config.num_particles, config.chunk_size
+                            )
+                        )
+                    continue
                 taus.append(float(tau))
                 losses.append(np.concatenate(history))
-                cnf_index += 1
             else:
                 # Each rejection layer is fitted on its own N fresh draws.  Reusing
                 # one particle set across layers (the reference code's way) makes
@@ -688,6 +721,7 @@ def fit(
         rbar_se=tuple(rbar_ses),
         latent_rounds=latent.num_rounds if latent is not None else 0,
         latent_beta=float(latent.beta) if latent is not None else 1.0,
+        dropped_taus=tuple(dropped),
     )
     return chain, info
 

@@ -233,3 +233,28 @@ def test_tempered_latent_search_ignores_nonfinite_regions():
     assert np.all(np.isfinite(np.asarray(fit.scale)))
     np.testing.assert_allclose(fit.mean[0], 0.798, atol=0.05)
     np.testing.assert_allclose(fit.scale, [0.603, 1.0], atol=0.06)
+
+
+def test_a_cnf_that_lowers_the_elbo_is_dropped(key):
+    """The latent is the target and the step is mistrained: it adds KL, so it goes."""
+    import optax
+
+    target = targets.gaussian_mixture(jnp.zeros((1, 2)), 1.0)
+    # Adam at 0.1 overshoots: measured ELBO -0.03 after the step, 0 before it.
+    config = TINY._replace(
+        latent_moments=0,
+        num_cnf=1,
+        num_blocks=1,
+        rejections_per_block=1,
+        optimizer=optax.adam(0.1),
+    )
+    chain, info = jko.fit(key, target.logdensity_fn, 2, config, progress_bar=False)
+    assert info.dropped_taus == (config.tau0,)
+    assert info.layer_kinds == ("R",) and len(chain.layers) == 1
+    x, log_p = jko.sample(jax.random.fold_in(key, 1), chain, 2000)
+    np.testing.assert_allclose(log_p, jko.log_prob(chain, x), rtol=1e-5, atol=1e-5)
+    # Kept when asked to, and then it is worse.
+    kept = config._replace(drop_worse_cnf=False)
+    chain, info = jko.fit(key, target.logdensity_fn, 2, kept, progress_bar=False)
+    assert info.dropped_taus == () and info.layer_kinds == ("C", "R")
+    assert info.elbo[0] < -0.005
