@@ -30,7 +30,7 @@ from numpyro.infer import MCMC, Predictive
 from numpyro.infer.util import log_density as numpyro_log_density
 
 import numpyro_jko.infer as infer_module
-from numpyro_jko import jko
+from numpyro_jko import evidence, jko
 from numpyro_jko.diagnostics import JKOWarning, check_fit, top_rejection_rate
 from numpyro_jko.infer import JKOSampler, NeuralJKO
 from numpyro_jko.jko import JKOConfig
@@ -148,10 +148,21 @@ SLOW_CONFIG = JKOConfig(
 BIMODAL_CONFIG = SLOW_CONFIG._replace(num_blocks=5, latent_scale=1.5)
 
 
+# The mixed-supports posterior has a long tail along the LogNormal rate.  From the
+# plain moment-matched latent two CNFs missed it (key 3: PSIS k-hat 3.75 with a
+# weight ESS of 5877 of 6000, so the weighted sd of p[0] came out 0.129 against
+# NUTS's 0.137); from the default's tempered latent, four CNFs (tau 0.02 to 1.28)
+# of 200 steps cover it: k-hat 0.61, weighted sd 0.140 (the default config, five
+# CNFs of 800 steps: k-hat 3.4 from a few outsized weights, and a warning).
+MIXED_CONFIG = SLOW_CONFIG._replace(
+    num_cnf=4, tau0=0.02, latent_moments=30, latent_reference_scale=10.0
+)
+
+
 @pytest.mark.slow
 def test_mixed_supports_against_nuts_reference():
     # Training happens inside MCMC (NeuralJKO.init), the model route end to end.
-    kernel = NeuralJKO(models.mixed_supports, config=SLOW_CONFIG, progress_bar=False)
+    kernel = NeuralJKO(models.mixed_supports, config=MIXED_CONFIG, progress_bar=False)
     mcmc = MCMC(kernel, num_warmup=0, num_samples=6000, progress_bar=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", JKOWarning)
@@ -163,16 +174,24 @@ def test_mixed_supports_against_nuts_reference():
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
     ess = 1.0 / np.sum(w**2)
+    # Importance weights correct a chain only where it has mass, and PSIS k-hat
+    # says whether they can (a chain that misses a tail has flat weights on its
+    # draws, a large k-hat, and a weight ESS that means nothing).  Then the
+    # sampler must have said so.
+    est = evidence.log_evidence(jnp.asarray(log_w), jnp.zeros(len(log_w)))
+    weights_usable = float(est.pareto_k) < 0.7
+    assert weights_usable or warned, est
     raw_error = 0.0
     for name, ref in _reference_flat().items():
         x = samples[name]
-        # Importance-corrected moments are consistent whatever bias the chain has
-        # left: within 5 combined standard errors (weight-ESS based).
-        se_mean = np.hypot(ref["sd"] / np.sqrt(ess), ref["mcse"])
         mean = np.sum(w * x)
-        assert abs(mean - ref["mean"]) < 5 * se_mean, name
         sd = np.sqrt(np.sum(w * (x - mean) ** 2))
-        assert abs(sd - ref["sd"]) < 5 * ref["sd"] / np.sqrt(2 * ess), name
+        if weights_usable:
+            # Importance-corrected moments are consistent whatever bias the chain
+            # has left: within 5 combined standard errors (weight-ESS based).
+            se_mean = np.hypot(ref["sd"] / np.sqrt(ess), ref["mcse"])
+            assert abs(mean - ref["mean"]) < 5 * se_mean, name
+            assert abs(sd - ref["sd"]) < 5 * ref["sd"] / np.sqrt(2 * ess), name
         # Raw draws are close; the sampler must say so when they are not.
         errors = abs(x.mean() - ref["mean"]), abs(x.std() - ref["sd"])
         raw_error = max(raw_error, max(errors) / ref["sd"])
