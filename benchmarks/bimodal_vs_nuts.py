@@ -23,18 +23,12 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from numpyro_models import BIMODAL_Y, bimodal, bimodal_exact  # noqa: E402
 
 from numpyro_jko import JKOConfig, JKOSampler, NeuralJKO  # noqa: E402
+from numpyro_jko.jko import TWO_STEP  # noqa: E402
 
 NUM_CHAINS, NUM_SAMPLES = 4, 2000
 # The quickstart's recipe: a wide latent at the prior median (latent_steps=0).
 CONFIG = JKOConfig(
-    num_particles=4096,
-    num_cnf=2,
-    tau0=0.05,
-    num_iterations=200,
-    num_blocks=5,
-    latent_scale=1.5,
-    latent_moments=3,
-    latent_reference_scale=0.0,
+    **TWO_STEP, num_particles=4096, num_iterations=200, num_blocks=5, latent_scale=1.5
 )
 LATENT_STEPS = 0
 

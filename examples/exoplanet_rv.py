@@ -62,6 +62,7 @@ from numpyro.infer import Predictive, log_likelihood
 from scipy.optimize import minimize
 
 from numpyro_jko import JKOConfig, JKOSampler, JKOWarning
+from numpyro_jko.jko import TWO_STEP
 from numpyro_jko.models import keplerian_model, load_rv_dataset, rv_curve
 from numpyro_jko.target import model_target
 
@@ -137,7 +138,7 @@ def preset(problem: Problem, num_planets: int, quick: bool) -> JKOConfig:
     small = dict(batch_size=256, hidden=32, num_hidden_layers=2, num_steps=2)
     # As measured (examples/results/rv/): the first JKO step and the plain latent
     # search of the defaults up to 0.1.x.
-    small.update(tau0=0.05, latent_moments=3, latent_reference_scale=0.0)
+    small.update({k: v for k, v in TWO_STEP.items() if k != "num_cnf"})
     if num_planets == 0:
         # Offsets marginalized: 1-3 log jitters, nearly Gaussian around the
         # Laplace latent, so rejection layers alone suffice (and skip compiling

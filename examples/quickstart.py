@@ -15,6 +15,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC
 
 from numpyro_jko import JKOConfig, JKOSampler, NeuralJKO
+from numpyro_jko.jko import TWO_STEP
 
 
 def model(y):
@@ -29,17 +30,13 @@ def main():
     # A wide latent (scale 1.5 on the unconstrained space) centred on the prior
     # median covers both modes, so the flows only have to contract it; five blocks
     # of three rejection layers then fix the mode weights the flows get wrong.
-    # Two short CNFs (tau 0.05, 0.2) suffice from such a latent; the latent is
-    # used as given after three rounds of plain moment matching.
+    # Two short JKO steps suffice from such a latent (TWO_STEP).
     config = JKOConfig(
+        **TWO_STEP,
         num_particles=4096,
-        num_cnf=2,
-        tau0=0.05,
         num_iterations=200,
         num_blocks=5,
         latent_scale=1.5,
-        latent_moments=3,
-        latent_reference_scale=0.0,
     )
 
     # Train once; the sampler then draws i.i.d. with the density of every draw.

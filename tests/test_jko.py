@@ -171,13 +171,7 @@ def test_mixture_log_z_and_mode_weights(key):
     means = jnp.array([[-1.5, 0.0], [1.5, 0.0], [0.0, 1.5]])
     target = targets.gaussian_mixture(means, 0.09, weights=jnp.array([0.5, 0.3, 0.2]))
     config = jko.JKOConfig(
-        num_particles=8192,
-        num_cnf=2,
-        tau0=0.05,
-        num_iterations=400,
-        num_blocks=3,
-        latent_moments=3,
-        latent_reference_scale=0.0,
+        **jko.TWO_STEP, num_particles=8192, num_iterations=400, num_blocks=3
     )
     chain, info = jko.fit(key, target.logdensity_fn, 2, config, progress_bar=False)
     x, energy, log_g = draw(jax.random.fold_in(key, 1), chain, 40000)
