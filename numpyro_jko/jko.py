@@ -233,11 +233,12 @@ class JKOConfig(NamedTuple):
         return plan
 
 
-#: The schedule of the defaults up to 0.1.x, as overrides of :class:`JKOConfig`: two
-#: JKO steps (``tau`` 0.05 and 0.2), both kept, over a latent moved by three rounds
-#: of plain adaptive importance sampling.  Enough where the latent already covers the target
-#: (the quickstart's wide latent at the prior median), and on the two 8-mode paper
-#: targets it reaches the floor in half the training time of today's default.
+#: The schedule of the defaults up to 0.1.x, as overrides of :class:`JKOConfig`:
+#: two JKO steps (``tau`` 0.05 and 0.2), both kept, over a latent moved by three
+#: rounds of plain adaptive importance sampling.  Enough where the latent already
+#: covers the target (the quickstart's wide latent at the prior median); on the two
+#: 8-mode paper targets it reaches the floor in half the training time of today's
+#: default.
 #: ``JKOConfig(**TWO_STEP, num_particles=4096).num_cnf`` is 2.
 TWO_STEP = {
     "num_cnf": 2,

@@ -633,8 +633,8 @@ def tempered_latent_moments(
     (``beta = 1``).  Each round draws from the Gaussian with the moments of the
     last bridge density, raises ``beta`` as far as the weight ESS stays at
     ``ess_fraction`` of the draws (bisection, as in adaptive SMC), and takes the
-    weighted moments there.  Every proposal is at least as wide as the density
-    it weighs, so the weights stay bounded.  Where no Gaussian fits the target
+    weighted moments there.  Each proposal has the moments of the previous, wider
+    bridge density, which keeps the weights well behaved.  Where no Gaussian fits the target
     (several modes, a curved ridge) ``beta`` stalls below 1 and the latent keeps
     the spread of the last bridge density it matched: wider than the target,
     which is the safe side for the flows, since rejection layers can remove mass

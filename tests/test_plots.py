@@ -59,7 +59,7 @@ def test_plot_training_elbo_and_kl(fit, tmp_path):
     assert fig.axes[1].get_title().startswith("ELBO")
     # One loss line per CNF, labelled with its step size.
     _, labels = fig.axes[0].get_legend_handles_labels()
-    assert labels == ["C1 (tau 0.05)", "C2 (tau 0.2)"]
+    assert labels == ["C1 (tau 0.02)", "C2 (tau 0.08)"]
     _render(fig, tmp_path, "training_elbo")
 
     fig = plots.plot_training(info, log_Z=0.0, target_rate=0.2)
