@@ -41,7 +41,7 @@ PAPER = {
     "funnel10": (1.4e-2, -7.1e-3),
 }
 
-# The default configuration up to 0.1.x: two CNFs (tau 0.05, 0.2) of 1000 steps
+# The earlier default configuration: two CNFs (tau 0.05, 0.2) of 1000 steps
 # over a plainly moment-matched latent, 12 rejection layers.  On the two 8-mode
 # targets it reaches the floor in about half the training time of today's default
 # (shifted 8 modes: ED 9.1e-6 in 78 s on one core), so it is their preset for
@@ -95,7 +95,7 @@ PRESETS: dict[str, dict] = {
         "num_cnf": 4,
         "tau0": 5.0,
         "tau_growth": 4.0,
-        # The rest as measured (the defaults up to 0.1.x).
+        # The rest as measured (the earlier defaults).
         "num_iterations": 1000,
         "num_blocks": 4,
         "latent_moments": 3,

@@ -137,7 +137,7 @@ def preset(problem: Problem, num_planets: int, quick: bool) -> JKOConfig:
     """
     small = dict(batch_size=256, hidden=32, num_hidden_layers=2, num_steps=2)
     # As measured (examples/results/rv/): the first JKO step and the plain latent
-    # search of the defaults up to 0.1.x.
+    # search of the earlier defaults.
     small.update({k: v for k, v in TWO_STEP.items() if k != "num_cnf"})
     if num_planets == 0:
         # Offsets marginalized: 1-3 log jitters, nearly Gaussian around the

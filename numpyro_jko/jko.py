@@ -170,7 +170,7 @@ class JKOConfig(NamedTuple):
     >>> config = JKOConfig(num_particles=4096)
     >>> config.num_particles, config.rejection_rate
     (4096, 0.2)
-    >>> JKOConfig(**TWO_STEP).tau0  # the schedule up to 0.1.x
+    >>> JKOConfig(**TWO_STEP).tau0  # the earlier default schedule
     0.05
     """
 
@@ -233,7 +233,7 @@ class JKOConfig(NamedTuple):
         return plan
 
 
-#: The schedule of the defaults up to 0.1.x, as overrides of :class:`JKOConfig`:
+#: The schedule of the earlier defaults, as overrides of :class:`JKOConfig`:
 #: two JKO steps (``tau`` 0.05 and 0.2), both kept, over a latent moved by three
 #: rounds of plain adaptive importance sampling.  Enough where the latent already
 #: covers the target (the quickstart's wide latent at the prior median); on the two
