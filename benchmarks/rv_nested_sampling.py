@@ -32,7 +32,8 @@ the same evidence): sampled by NS, it stays near the quoted errors, where the
 likelihood has a plateau below them that NS's random-direction slices across the
 thin orbital ridge do not walk along, and NS loses 2-5 nats
 (``benchmarks/results/rv_nested_sampling.md``).  The JKO fits run first, in
-float32: importing jaxns switches JAX to x64.  Saves ``benchmarks/results/rv_nested_sampling.md``.
+float32: importing jaxns switches JAX to x64.  Saves
+``benchmarks/results/rv_nested_sampling.md``.
 """
 
 from __future__ import annotations

@@ -45,10 +45,14 @@ def _physical_values(model, P, e, omega, lam, K, log_jitter):
     }
 
 
-def _obs_marginal(model, values):
+def _site_log_prob(model, values, name):
     tr = handlers.trace(handlers.substitute(model, data=values)).get_trace()
-    site = tr["obs_marginal"]
+    site = tr[name]
     return float(site["fn"].log_prob(site["value"]))
+
+
+def _obs_marginal(model, values):
+    return _site_log_prob(model, values, "obs_marginal")
 
 
 def _nested_values(model, P, e, omega, lam, K, log_jitter=None):
@@ -67,9 +71,7 @@ def _nested_values(model, P, e, omega, lam, K, log_jitter=None):
 
 
 def _nested_loglik(ns_model, values):
-    tr = handlers.trace(handlers.substitute(ns_model, data=values)).get_trace()
-    site = tr["loglik"]
-    return float(site["fn"].log_prob(site["value"]))
+    return _site_log_prob(ns_model, values, "loglik")
 
 
 def test_time_grid_step_finds_bl2009_grid():
