@@ -154,7 +154,10 @@ def preset(problem: Problem, num_planets: int, quick: bool) -> JKOConfig:
         # from -48 to -10.6 (log Z -10.14): KL 0.44 nats, every period mode
         # within 0.007 of the reference, in 72 s (benchmarks/joker_reference.py).
         return JKOConfig(
-            num_particles=8192, num_cnf=0, num_blocks=7, min_elbo_gain=0.0, **small
+            **{**small, "min_elbo_gain": 0.0},
+            num_particles=8192,
+            num_cnf=0,
+            num_blocks=7,
         )
     if quick:
         # --quick (<= 2 min on one core): rejection layers only.  The time of a

@@ -64,16 +64,16 @@ __all__ = ["JKOConfig", "JKOInfo", "TWO_STEP", "fit", "sample", "log_prob", "JKO
 class JKOConfig(NamedTuple):
     """Every knob of :func:`fit`, with CPU-practical defaults.
 
-    The defaults -- 16 384 particles, a latent tempered down to the target
-    (:func:`~numpyro_jko.target.tempered_latent_moments`), five CNFs of 800 Adam
-    steps (``tau`` 0.02 to 5.12; one that lowers the ELBO is dropped), then nine
-    rejection layers -- reach energy distance 3.0e-5 on shifted 8 modes, 1.5e-5 on
-    shifted 8 peaky and 1.5e-2 on the mustache in under three minutes of training
-    on one core (``benchmarks/results/paper_targets_default.md``).  Late CNFs
-    are off by default (``block_iterations=0``) because every CNF under ``k``
-    rejection layers costs ``1.2**k`` solves per draw.  Narrow, well-separated
-    modes in higher dimension need smaller first steps (``tau0``) and wider
-    flows; see the presets of ``benchmarks/paper_targets.py``.
+    The defaults adapt the stack to the target: 16 384 particles, a latent
+    tempered down to the target (:func:`~numpyro_jko.target.tempered_latent_moments`),
+    a first step size from the target's score (:func:`~numpyro_jko.jko_step.score_tau`),
+    up to six CNFs of 800 Adam steps with ``tau`` doubling (the first that gains
+    less than ``min_cnf_gain`` nats of ELBO is dropped and ends them), then up to 18
+    rejection layers, stopping at the first that gains less than ``min_elbo_gain``.
+    On shifted 8 modes that is two CNFs and four layers; on GMM-10 (d = 10) six
+    and 18 (``benchmarks/results/paper_targets_default.md``).  Late CNFs are off
+    by default (``block_iterations=0``) because every CNF under ``k`` rejection
+    layers costs ``1.2**k`` solves per draw.
 
     Attributes
     ----------
@@ -88,8 +88,15 @@ class JKOConfig(NamedTuple):
         ``(1 + rejection_rate) ** (num_blocks * rejections_per_block)``.
     rejection_rate : float
         Target rejection rate used to fit each layer's constant ``c``.
-    tau0, tau_growth : float
-        JKO step sizes ``tau_k = tau0 * tau_growth**k`` (CNFs only).
+    tau0 : float or None
+        First JKO step size; ``None`` chooses it from the target with
+        :func:`~numpyro_jko.jko_step.score_tau` at the latent draws (recorded in
+        ``JKOInfo.tau0``).
+    tau_growth : float
+        JKO step sizes are ``tau_k = tau0 * tau_growth**k`` (CNFs only).
+    tau0_scale : float
+        The constant of :func:`~numpyro_jko.jko_step.score_tau` when ``tau0`` is
+        ``None``.
     num_iterations : int
         Adam iterations for each plain CNF.
     block_iterations : int or None
@@ -142,10 +149,15 @@ class JKOConfig(NamedTuple):
         arms: spread 1.1 against 7.3) and keeps the latent as given when the
         weights degenerate.
     drop_worse_cnf : bool
-        Drop a trained CNF whose output has a lower ELBO than its input (measured
-        on the particles before and after it): a JKO step cannot raise the KL, so
-        such a step failed to train, and it would cost a solve per draw.
-        Recorded in ``JKOInfo.dropped_taus``.
+        Drop a trained CNF that raised the ELBO by less than ``min_cnf_gain``
+        (measured on the particles before and after it), and if it was one of
+        the plain steps skip the plain steps after it.  A JKO step cannot raise
+        the KL, so one that did failed to train; one that gained almost nothing
+        met what a flow of this width fits, and larger steps do no better.
+        Either would cost a solve per draw.  Recorded in ``JKOInfo.dropped_taus``.
+    min_cnf_gain : float
+        The ELBO gain (nats) a CNF must make to be kept (``drop_worse_cnf``);
+        0 drops only the steps that lowered it.
     min_elbo_gain : float
         Trailing rejection layers stop once one would raise the ELBO by less than
         this (measured on the same draws before and after the layer): such a
@@ -175,12 +187,13 @@ class JKOConfig(NamedTuple):
     """
 
     num_particles: int = 16384
-    num_cnf: int = 5
-    num_blocks: int = 3
+    num_cnf: int = 6
+    num_blocks: int = 6
     rejections_per_block: int = 3
     rejection_rate: float = 0.2
-    tau0: float = 0.02
-    tau_growth: float = 4.0
+    tau0: float | None = None
+    tau_growth: float = 2.0
+    tau0_scale: float = 25.0
     num_iterations: int = 800
     block_iterations: int | None = 0
     batch_size: int = 512
@@ -198,7 +211,8 @@ class JKOConfig(NamedTuple):
     latent_moments: int = 30
     latent_reference_scale: float = 10.0
     drop_worse_cnf: bool = True
-    min_elbo_gain: float = 1e-4
+    min_cnf_gain: float = 0.01
+    min_elbo_gain: float = 1e-3
     reuse_particles: bool = True
     reweight_rejection_fit: bool = True
     chunk_size: int = 4096
@@ -243,6 +257,8 @@ class JKOConfig(NamedTuple):
 TWO_STEP = {
     "num_cnf": 2,
     "tau0": 0.05,
+    "tau_growth": 4.0,
+    "min_elbo_gain": 1e-4,
     "latent_moments": 3,
     "latent_reference_scale": 0.0,
     "drop_worse_cnf": False,
@@ -291,6 +307,9 @@ class JKOInfo(NamedTuple):
         Step sizes of trained CNFs that were dropped because they lowered the ELBO
         (``JKOConfig.drop_worse_cnf``); their training time is in
         ``train_seconds``.
+    tau0 : float
+        First JKO step size used (``JKOConfig.tau0``, or the one chosen from the
+        target when that is ``None``).
 
     Examples
     --------
@@ -315,6 +334,7 @@ class JKOInfo(NamedTuple):
     latent_rounds: int = 0
     latent_beta: float = 1.0
     dropped_taus: tuple = ()
+    tau0: float = float("nan")
 
     @property
     def rejection_rates(self) -> tuple:
@@ -553,6 +573,12 @@ def fit(
         jnp.asarray(a) for a in draw(key_data, chain, config.num_particles)
     )
 
+    tau0 = config.tau0
+    if tau0 is None:
+        # Before any compile: the rule needs only the latent draws.
+        tau0 = jko_step.score_tau(
+            logdensity_fn, x, latent_mean, latent_scale, config.tau0_scale
+        )
     plan = config.layer_plan()
     num_cnf_total = plan.count("C")
     meter = as_progress_meter(progress_bar)
@@ -588,13 +614,19 @@ def fit(
     last_rate = float("nan")
     cnf_index = 0
     dropped = []
+    plain_done = False
     try:
         for layer_index, kind in enumerate(plan):
             t_layer = time.perf_counter()
             key_layer = jax.random.fold_in(key_train, layer_index)
+            if kind == "C" and plain_done and cnf_index < config.num_cnf:
+                # An earlier plain step stalled (see below): skip the rest.
+                meter.update(config.iterations_of(cnf_index), layer="skip")
+                cnf_index += 1
+                continue
             if kind == "C":
                 num_iterations = config.iterations_of(cnf_index)
-                tau = config.tau0 * config.tau_growth**cnf_index
+                tau = tau0 * config.tau_growth**cnf_index
                 optimizer, train_chunk = get_train_fn(num_iterations)
                 key_init, key_loop, key_push = jax.random.split(key_layer, 3)
                 if plan[layer_index - 1 : layer_index] == ["R"]:
@@ -645,18 +677,26 @@ def fit(
                     x, energy, log_g = _fresh_particles(key_push, chain, config)
                 cnf_index += 1
                 elbo_now = _elbo_after(None, log_g, energy)
-                if config.drop_worse_cnf and not elbo_now >= elbo_before:
+                gain = elbo_now - elbo_before
+                if config.drop_worse_cnf and not gain >= config.min_cnf_gain:
                     # A JKO step minimizes KL + W2^2 / (2 tau), so it can only lower
                     # the KL; a trained step that raised it (a large tau whose
                     # flow the optimizer did not fit: measured on GMM-10, ELBO
-                    # -3.57 -> -4.38 at tau 5.12) is a failed step.  Drop it: it
-                    # would also make every draw one solve dearer.
+                    # -3.57 -> -4.38 at tau 5.12) is a failed step.  One that
+                    # gained almost nothing met the limit of what a flow of this
+                    # width fits (shifted 8 modes: -0.688 -> -0.688 -> -0.687 over
+                    # three more steps); later, larger steps do no better, and each
+                    # would make every draw one solve dearer.  Drop it and leave
+                    # the rest to the rejection layers.
                     chain, x, energy, log_g = previous
                     layers.pop()
                     dropped.append(float(tau))
-                    if next_is_rejection:
-                        # Fresh draws for the rejection layer (see above).
-                        x, energy, log_g = _fresh_particles(key_push, chain, config)
+                    if cnf_index <= config.num_cnf:
+                        plain_done = True
+                    # Fresh draws for whatever comes next: the dropped step's
+                    # pushed particles are gone, and a rejection layer needs
+                    # particles no CNF was trained on (see above).
+                    x, energy, log_g = _fresh_particles(key_push, chain, config)
                     continue
                 taus.append(float(tau))
                 losses.append(np.concatenate(history))
@@ -725,6 +765,7 @@ def fit(
         latent_rounds=latent.num_rounds if latent is not None else 0,
         latent_beta=float(latent.beta) if latent is not None else 1.0,
         dropped_taus=tuple(dropped),
+        tau0=float(tau0),
     )
     return chain, info
 

@@ -47,6 +47,10 @@ TINY = JKOConfig(
     num_cnf=2,
     num_blocks=2,
     num_iterations=150,
+    tau0=0.02,
+    tau_growth=4.0,
+    min_cnf_gain=0.0,
+    min_elbo_gain=1e-4,
     batch_size=256,
     iterations_per_update=50,
     hidden=16,
@@ -161,9 +165,11 @@ BIMODAL_CONFIG = SLOW_CONFIG._replace(num_blocks=5, latent_scale=1.5)
 MIXED_CONFIG = SLOW_CONFIG._replace(
     num_cnf=4,
     tau0=0.02,
+    tau_growth=4.0,
     latent_moments=30,
     latent_reference_scale=10.0,
     drop_worse_cnf=True,
+    min_cnf_gain=0.0,
 )
 
 
