@@ -535,7 +535,8 @@ class NeuralJKO(MCMCKernel):
         --------
         >>> import jax, jax.numpy as jnp
         >>> config = JKOConfig(num_particles=512, num_cnf=1, num_blocks=1,
-        ...                    num_iterations=20, batch_size=128)
+        ...                    num_iterations=20, batch_size=128,
+        ...                    min_cnf_gain=0.0)  # keep the CNF (the latent fits)
         >>> kernel = NeuralJKO(potential_fn=lambda z: 0.5 * jnp.sum(z**2),
         ...                    config=config, progress_bar=False, num_check_draws=0)
         >>> kernel.fit(jax.random.key(0), init_params=jnp.zeros(2)).chain.dim

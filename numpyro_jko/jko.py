@@ -504,6 +504,10 @@ def fit(
     ...                    num_iterations=20, batch_size=128)
     >>> chain, info = fit(jax.random.key(0), lambda x: -jnp.sum(x**2), 2, config,
     ...                   progress_bar=False)
+    >>> info.dropped_taus == (info.tau0,)  # the latent search already fits: no CNF
+    True
+    >>> chain, info = fit(jax.random.key(0), lambda x: -jnp.sum(x**2), 2,
+    ...                   config._replace(min_cnf_gain=0.0), progress_bar=False)
     >>> info.layer_kinds[:2]  # the stack stops early once a layer gains nothing
     ('C', 'R')
     """

@@ -311,7 +311,7 @@ def plot_layers(
     >>> import jax, jax.numpy as jnp
     >>> from numpyro_jko import jko
     >>> config = jko.JKOConfig(num_particles=512, num_cnf=1, num_blocks=1,
-    ...                        num_iterations=20, batch_size=128,
+    ...                        num_iterations=20, batch_size=128, min_cnf_gain=0.0,
     ...                        min_elbo_gain=0.0)  # keep every layer, to show them
     >>> chain, _ = jko.fit(jax.random.key(0), lambda x: -jnp.sum(x**2), 2, config,
     ...                    progress_bar=False)
