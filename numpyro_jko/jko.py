@@ -304,9 +304,10 @@ class JKOInfo(NamedTuple):
         the target's own moments; below 1: no Gaussian fitted the target better,
         and the latent is wider than the target).
     dropped_taus : tuple of float
-        Step sizes of trained CNFs that were dropped because they lowered the ELBO
-        (``JKOConfig.drop_worse_cnf``); their training time is in
-        ``train_seconds``.
+        Step sizes of trained CNFs that were dropped because they raised the
+        ELBO by less than ``JKOConfig.min_cnf_gain`` (``drop_worse_cnf``); their
+        training time is in ``train_seconds``.  The plain steps skipped after
+        one are not trained and not listed.
     tau0 : float
         First JKO step size used (``JKOConfig.tau0``, or the one chosen from the
         target when that is ``None``).
