@@ -313,3 +313,30 @@ def test_score_tau_rejects_a_target_without_a_usable_gradient():
         score_tau(lambda v: jnp.sum(v) * jnp.nan, x, 0.0, 1.0)
     # The latent is the target: no mismatch, so the cap (kappa * scale^2).
     assert score_tau(lambda v: -0.5 * jnp.sum(v**2), x, 0.0, 1.0, scale=25.0) == 25.0
+
+
+def test_a_stalled_plain_step_ends_the_plain_steps(key):
+    """The latent already fits N(0, I): the first CNF gains nothing, the rest are skipped."""
+
+    from numpyro_jko.progress import ProgressMeter
+
+    class Recorder(ProgressMeter):
+        def start(self, total, description):
+            self.total, self.done, self.layers = total, 0, []
+
+        def update(self, n, **diagnostics):
+            self.done += n
+            self.layers.append(diagnostics.get("layer"))
+
+        def close(self):
+            pass
+
+    target = targets.gaussian_mixture(jnp.zeros((1, 2)), 1.0)
+    config = TINY._replace(num_cnf=3, min_cnf_gain=0.01, tau0=None)
+    meter = Recorder()
+    chain, info = jko.fit(key, target.logdensity_fn, 2, config, progress_bar=meter)
+    assert info.dropped_taus == (info.tau0,)
+    assert "C" not in info.layer_kinds and len(info.layer_kinds) >= 1
+    assert meter.layers.count("skip") == 2 and meter.done == meter.total
+    x, log_p = jko.sample(jax.random.fold_in(key, 1), chain, 1000)
+    np.testing.assert_allclose(log_p, jko.log_prob(chain, x), rtol=1e-5, atol=1e-5)
