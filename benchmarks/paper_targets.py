@@ -90,6 +90,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def make_config(name: str, preset: bool = True) -> jko.JKOConfig:
+    """``JKOConfig()`` with the target's preset (``PRESETS``), or without it."""
+    return jko.JKOConfig()._replace(**(PRESETS.get(name, {}) if preset else {}))
+
+
 def make_target(name: str) -> targets.Target:
     if name.startswith("gmm"):
         return targets.gmm(int(name[3:]))
@@ -164,8 +169,7 @@ def run(
     chain_dir: str | None = None,
 ) -> dict:
     target = make_target(name)
-    overrides = PRESETS.get(name, {}) if preset else {}
-    config = jko.JKOConfig()._replace(**overrides)
+    config = make_config(name, preset)
     chain, record = train(name, target, config, seed, chain_dir)
     # Time sampling after a warm-up call so that compilation is not counted.
     jko.draw(jax.random.key(seed + 1), chain, 1000)
@@ -181,7 +185,7 @@ def run(
         mode_err = float(np.abs(weights - 1.0 / len(weights)).max())
     return {
         "target": name,
-        "config": "preset" if overrides else "default",
+        "config": "default" if config == jko.JKOConfig() else "preset",
         "d": target.dim,
         "layers": record["layers"],
         "ed": ed,
@@ -203,6 +207,7 @@ HEADER = (
     "| target | config | d | layers | ED | floor | paper | log Z (IS ± se) | rbar se | ELBO | k̂ "
     "| mode err | train s | compile s | s / 50k draws |"
 )
+RULE = "|" + "---|" * (HEADER.count("|") - 1)
 
 
 def row(r: dict) -> str:
@@ -257,7 +262,7 @@ def main():
             )
         )
         print(HEADER)
-        print("|" + "---|" * 15)
+        print(RULE)
         for r in rows:
             print(row(r))
     machine = (
@@ -275,7 +280,7 @@ def main():
             "on log Z (`JKOInfo.log_z_se_rbar`), which the IS se does not include.",
             "",
             HEADER,
-            "|" + "---|" * 15,
+            RULE,
             *[row(r) for r in rows],
             "",
         ]
