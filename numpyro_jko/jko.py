@@ -71,9 +71,10 @@ class JKOConfig(NamedTuple):
     less than ``min_cnf_gain`` nats of ELBO is dropped and ends them), then up to 18
     rejection layers, stopping at the first that gains less than ``min_elbo_gain``.
     On shifted 8 modes that is two CNFs and four layers; on GMM-10 (d = 10) six
-    and 18 (``benchmarks/results/paper_targets_default.md`` and ``_d10.md``).  Late CNFs are off
-    by default (``block_iterations=0``) because every CNF under ``k`` rejection
-    layers costs ``1.2**k`` solves per draw.
+    and 18 (``benchmarks/results/paper_targets_default.md``,
+    ``paper_targets_gmm10_50k.md``).  Late CNFs are off by default
+    (``block_iterations=0``) because every CNF under ``k`` rejection layers costs
+    ``1.2**k`` solves per draw.
 
     Attributes
     ----------
