@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from numpyro_jko import cnf as cnf_lib
+from numpyro_jko import defensive
+from numpyro_jko.defensive import DefensiveLayer
 from numpyro_jko.rejection import RejectionLayer, acceptance_probability, energy_update
 from numpyro_jko.sharding import constrain
 
@@ -79,7 +81,9 @@ class JKOChain(NamedTuple):
     latent_mean : Array, shape (d,)
     latent_scale : Array, scalar
     layers : tuple
-        ``CNFLayer`` and ``RejectionLayer`` entries, bottom (latent side) first.
+        ``CNFLayer``, ``RejectionLayer`` and
+        :class:`~numpyro_jko.defensive.DefensiveLayer` entries, bottom (latent
+        side) first.
     density_divergence : None or Hutchinson
         How CNF log-determinants are computed when drawing: ``None`` is the exact
         log-determinant of the solver map (see :func:`numpyro_jko.cnf.push_forward`).
@@ -163,9 +167,15 @@ class JKOChain(NamedTuple):
         [1.728, 1.728]
         """
         latent, solves = 1.0, 0.0
-        for layer in self.layers:
+        for k, layer in enumerate(self.layers):
             if isinstance(layer, CNFLayer):
                 solves += latent
+            elif isinstance(layer, DefensiveLayer):
+                # A proposal draw costs a pull-back through every CNF below (a
+                # reverse solve, counted as one solve each).
+                below = sum(isinstance(lay, CNFLayer) for lay in self.layers[:k])
+                w = float(layer.weight)
+                latent, solves = latent * (1 - w), solves * (1 - w) + w * below
             else:
                 factor = 1.0 + (float(layer.rbar) if rate is None else rate)
                 latent, solves = latent * factor, solves * factor
@@ -288,6 +298,7 @@ class _Stream:
         self.key = jax.random.fold_in(rng_key, level)
         self.count = 0
         self.buffer = None
+        self.proposal = None  # the proposal draws of a defensive level
 
     def _next_key(self):
         self.count += 1
@@ -317,6 +328,8 @@ class _Stream:
                 size=size,
             )
         layer = chain.layers[self.level - 1]
+        if isinstance(layer, DefensiveLayer):
+            return self._produce_defensive(need, layer)
         if isinstance(layer, CNFLayer):
             # A solve costs the same on a padded chunk: take a whole one.
             candidates = self.below.take(size)
@@ -348,6 +361,36 @@ class _Stream:
         # Trim on the host (a device slice would compile once per length).
         return tuple(np.asarray(a)[:num_valid] for a in filled)
 
+    def _produce_defensive(self, need: int, layer: DefensiveLayer):
+        # Each draw comes from the proposal with probability ``weight``: the
+        # proposal's draws (with ``p_in`` at them, a pull-back through the layers
+        # below) come from their own buffer, made a whole chunk at a time, so that
+        # the pull-backs cost in proportion to the proposal draws used.
+        chain, size = self.chain, self.size
+        num_valid = min(size, max(need, size // 8))
+        from_q = np.asarray(
+            jax.random.bernoulli(self._next_key(), layer.weight, (num_valid,))
+        )
+        num_q = int(from_q.sum())
+        if self.proposal is None:
+            self.proposal = _ProposalStream(chain, self.level, self.key, size)
+        mixed = [
+            np.empty((num_valid,) + b.shape[1:], b.dtype) for b in self.below.take(0)
+        ]
+        for out, part in zip(mixed, self.below.take(num_valid - num_q), strict=True):
+            out[~from_q] = part
+        for out, part in zip(mixed, self.proposal.take(num_q), strict=True):
+            out[from_q] = part
+        x, energy_in, log_g = mixed
+        energy = _defensive_update(
+            jnp.asarray(energy_in),
+            jnp.asarray(x),
+            layer,
+            chain.latent_mean,
+            chain.latent_scale,
+        )
+        return x, np.asarray(energy), log_g
+
     def fill(self, n: int):
         """Produce until at least ``n`` draws are buffered."""
         while self.buffer is None or len(self.buffer[0]) < n:
@@ -366,6 +409,28 @@ class _Stream:
         out = tuple(b[:n] for b in self.buffer)
         self.buffer = tuple(b[n:] for b in self.buffer)
         return out
+
+
+class _ProposalStream(_Stream):
+    """Draws of a defensive layer's proposal, with the density below at each."""
+
+    def __init__(self, chain: JKOChain, level: int, rng_key, size: int):
+        super().__init__(
+            chain, level, jax.random.fold_in(rng_key, 1_000_003), size, None
+        )
+
+    def _produce(self, need: int):
+        chain, layer = self.chain, self.chain.layers[self.level - 1]
+        x = defensive.proposal_sample(
+            self._next_key(), layer, chain.latent_mean, chain.latent_scale, self.size
+        )
+        below = chain._replace(layers=chain.layers[: self.level - 1])
+        energy = -log_prob(below, x, chunk_size=self.size, rng_key=self._next_key())
+        log_g = _logdensity_chunk(chain.logdensity_fn, x)
+        return x, energy, log_g
+
+
+_defensive_update = jax.jit(defensive.energy_update)
 
 
 def _chunk_shape(n: int, chunk_size: int | None) -> int:
@@ -513,6 +578,10 @@ def log_prob(chain: JKOChain, x, chunk_size: int | None = None, rng_key=None):
                     spec=chain.spec,
                     divergence=chain.density_divergence,
                 )
+            elif isinstance(layer, DefensiveLayer):
+                energy = _defensive_update(
+                    energy, positions[i], layer, chain.latent_mean, chain.latent_scale
+                )
             else:
                 log_g = _logdensity_chunk(chain.logdensity_fn, positions[i])
                 energy = energy_update(energy, log_g + energy, layer)
@@ -538,6 +607,8 @@ def chain_to_dict(chain: JKOChain) -> dict:
     for layer in chain.layers:
         if isinstance(layer, CNFLayer):
             layers.append(("C", jax.tree.map(np.asarray, layer.params)))
+        elif isinstance(layer, DefensiveLayer):
+            layers.append(("D", tuple(float(v) for v in layer)))
         else:
             layers.append(("R", tuple(float(v) for v in layer)))
     return {
@@ -568,6 +639,8 @@ def chain_from_dict(state: dict, logdensity_fn) -> JKOChain:
     for kind, data in state["layers"]:
         if kind == "C":
             layers.append(CNFLayer(jax.tree.map(jnp.asarray, data)))
+        elif kind == "D":
+            layers.append(DefensiveLayer(*data))
         else:
             layers.append(RejectionLayer(*data))
     return JKOChain(

@@ -428,6 +428,7 @@ def _jko_log_prob_traced(chain, x):
     while the outer one holds the executor.
     """
     from numpyro_jko import cnf as cnf_lib
+    from numpyro_jko import defensive
     from numpyro_jko.chain import CNFLayer, eval_logdensity, latent_energy
     from numpyro_jko.rejection import energy_update
 
@@ -451,6 +452,10 @@ def _jko_log_prob_traced(chain, x):
                     chain.density_divergence,
                     jax.random.fold_in(key, i),
                 )[1]
+            )
+        elif isinstance(layer, defensive.DefensiveLayer):
+            energy = defensive.energy_update(
+                energy, positions[i], layer, chain.latent_mean, chain.latent_scale
             )
         else:
             log_g = eval_logdensity(chain.logdensity_fn, positions[i])

@@ -27,6 +27,7 @@ __all__ = ["plot_training", "plot_layers", "plot_acceptance", "layer_labels"]
 
 _CNF_COLOR = "tab:blue"
 _REJECTION_COLOR = "tab:orange"
+_DEFENSIVE_COLOR = "0.35"
 
 
 def _pyplot():
@@ -46,7 +47,8 @@ def layer_labels(layer_kinds) -> list[str]:
     Parameters
     ----------
     layer_kinds : sequence of str
-        ``"C"`` (CNF) or ``"R"`` (rejection) per layer, e.g.
+        ``"C"`` (CNF), ``"D"`` (defensive mixture) or ``"R"`` (rejection) per
+        layer, e.g.
         :attr:`JKOInfo.layer_kinds <numpyro_jko.jko.JKOInfo>` or
         ``"".join(config.layer_plan())``.
 
@@ -59,7 +61,7 @@ def layer_labels(layer_kinds) -> list[str]:
     >>> layer_labels("CCRRR")
     ['C1', 'C2', 'R1', 'R2', 'R3']
     """
-    counts = {"C": 0, "R": 0}
+    counts = {"C": 0, "R": 0, "D": 0}
     labels = []
     for kind in layer_kinds:
         counts[kind] += 1
@@ -154,7 +156,8 @@ def plot_training(info, *, log_Z=None, target_rate=None, figsize=(12, 6.5)):
 
     x = np.arange(len(kinds))
     elbo = np.asarray(info.elbo, dtype=float)
-    colors = [_CNF_COLOR if kind == "C" else _REJECTION_COLOR for kind in kinds]
+    palette = {"C": _CNF_COLOR, "D": _DEFENSIVE_COLOR}
+    colors = [palette.get(kind, _REJECTION_COLOR) for kind in kinds]
     if log_Z is not None:
         kl = float(log_Z) - elbo
         # A KL estimate can dip below 0 by Monte Carlo error; clip for the log axis.
@@ -172,6 +175,8 @@ def plot_training(info, *, log_Z=None, target_rate=None, figsize=(12, 6.5)):
     _layer_axis(ax_elbo, labels)
     ax_elbo.scatter([], [], color=_CNF_COLOR, label="CNF")
     ax_elbo.scatter([], [], color=_REJECTION_COLOR, label="rejection")
+    if "D" in kinds:
+        ax_elbo.scatter([], [], color=_DEFENSIVE_COLOR, label="defensive")
     ax_elbo.legend(fontsize="small")
 
     rej_labels = [lab for lab in labels if lab.startswith("R")]
@@ -333,8 +338,16 @@ def plot_layers(
     if chain.dim < 2 or max(i, j) >= chain.dim:
         raise ValueError(f"dims={dims} do not fit a chain of dimension {chain.dim}.")
     from numpyro_jko.chain import CNFLayer
+    from numpyro_jko.defensive import DefensiveLayer
 
-    kinds = ["C" if isinstance(layer, CNFLayer) else "R" for layer in chain.layers]
+    kinds = [
+        "C"
+        if isinstance(layer, CNFLayer)
+        else "D"
+        if isinstance(layer, DefensiveLayer)
+        else "R"
+        for layer in chain.layers
+    ]
     labels = ["latent"] + [f"after {lab}" for lab in layer_labels(kinds)]
     draws = [
         _truncated_draws(jax.random.fold_in(rng_key, depth), chain, depth, num_samples)
