@@ -63,8 +63,9 @@ PRESETS: dict[str, dict] = {
     # (0, 2) and scale (1.5, 8), under five CNFs (tau0 0.02) reached 1.9e-2.  The
     # default's tempered latent, spread (1.25, 5.4), under the same five CNFs
     # reaches 1.2e-2, and the default of session 7 (steps from the score rule,
-    # growth 2, up to 18 rejection layers) 1.5e-2, so the mustache runs the default.
-    "mustache": {},
+    # growth 2, up to 18 rejection layers) 1.5e-2.  Growth 4 reaches 9.1e-3 in
+    # 214 s (run M1 of session 9 in jko_levers.md; a defensive layer did not help).
+    "mustache": {"tau_growth": 4.0},
     "shifted_eight_modes": TWO_CNF,
     "shifted_eight_peaky": TWO_CNF,
     # Ten narrow modes (sd 0.1) in d = 10.  The default's steps from the score rule
