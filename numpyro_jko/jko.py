@@ -288,7 +288,7 @@ class JKOInfo(NamedTuple):
     Attributes
     ----------
     layer_kinds : tuple of str
-        ``"C"`` or ``"R"`` per layer.
+        ``"C"`` (CNF), ``"D"`` (defensive) or ``"R"`` (rejection) per layer.
     taus : tuple of float
         JKO step size of each CNF.
     losses : tuple of np.ndarray
