@@ -41,6 +41,7 @@ __all__ = [
     "CNFLayer",
     "JKOChain",
     "latent_energy",
+    "layer_kind",
     "eval_logdensity",
     "draw",
     "sample",
@@ -374,13 +375,13 @@ class _Stream:
         num_q = int(from_q.sum())
         if self.proposal is None:
             self.proposal = _ProposalStream(chain, self.level, self.key, size)
-        mixed = [
-            np.empty((num_valid,) + b.shape[1:], b.dtype) for b in self.below.take(0)
-        ]
-        for out, part in zip(mixed, self.below.take(num_valid - num_q), strict=True):
-            out[~from_q] = part
-        for out, part in zip(mixed, self.proposal.take(num_q), strict=True):
-            out[from_q] = part
+        from_below = self.below.take(num_valid - num_q)
+        from_proposal = self.proposal.take(num_q)
+        mixed = []
+        for below, proposal in zip(from_below, from_proposal, strict=True):
+            out = np.empty((num_valid,) + below.shape[1:], below.dtype)
+            out[~from_q], out[from_q] = below, proposal
+            mixed.append(out)
         x, energy_in, log_g = mixed
         energy = _defensive_update(
             jnp.asarray(energy_in),
@@ -589,6 +590,22 @@ def log_prob(chain: JKOChain, x, chunk_size: int | None = None, rng_key=None):
     return jnp.concatenate(out)
 
 
+def layer_kind(layer) -> str:
+    """``"C"`` (CNF), ``"D"`` (defensive) or ``"R"`` (rejection): a layer's letter.
+
+    The letters of :attr:`JKOInfo.layer_kinds <numpyro_jko.jko.JKOInfo>` and of
+    :func:`chain_to_dict`.
+
+    Examples
+    --------
+    >>> layer_kind(RejectionLayer(0.0, 0.2)), layer_kind(DefensiveLayer(0.1, 3.0))
+    ('R', 'D')
+    """
+    if isinstance(layer, CNFLayer):
+        return "C"
+    return "D" if isinstance(layer, DefensiveLayer) else "R"
+
+
 def chain_to_dict(chain: JKOChain) -> dict:
     """Everything needed to rebuild ``chain`` except ``logdensity_fn``, as NumPy data.
 
@@ -606,11 +623,10 @@ def chain_to_dict(chain: JKOChain) -> dict:
     layers = []
     for layer in chain.layers:
         if isinstance(layer, CNFLayer):
-            layers.append(("C", jax.tree.map(np.asarray, layer.params)))
-        elif isinstance(layer, DefensiveLayer):
-            layers.append(("D", tuple(float(v) for v in layer)))
+            data = jax.tree.map(np.asarray, layer.params)
         else:
-            layers.append(("R", tuple(float(v) for v in layer)))
+            data = tuple(float(v) for v in layer)
+        layers.append((layer_kind(layer), data))
     return {
         "format": 1,
         "spec": chain.spec,

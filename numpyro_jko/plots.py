@@ -337,17 +337,9 @@ def plot_layers(
     i, j = dims
     if chain.dim < 2 or max(i, j) >= chain.dim:
         raise ValueError(f"dims={dims} do not fit a chain of dimension {chain.dim}.")
-    from numpyro_jko.chain import CNFLayer
-    from numpyro_jko.defensive import DefensiveLayer
+    from numpyro_jko.chain import layer_kind
 
-    kinds = [
-        "C"
-        if isinstance(layer, CNFLayer)
-        else "D"
-        if isinstance(layer, DefensiveLayer)
-        else "R"
-        for layer in chain.layers
-    ]
+    kinds = [layer_kind(layer) for layer in chain.layers]
     labels = ["latent"] + [f"after {lab}" for lab in layer_labels(kinds)]
     draws = [
         _truncated_draws(jax.random.fold_in(rng_key, depth), chain, depth, num_samples)
