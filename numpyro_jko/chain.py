@@ -46,6 +46,7 @@ __all__ = [
     "draw",
     "sample",
     "log_prob",
+    "traced_log_prob",
     "chain_to_dict",
     "chain_from_dict",
 ]
@@ -560,34 +561,88 @@ def log_prob(chain: JKOChain, x, chunk_size: int | None = None, rng_key=None):
         block = x[start : start + size]
         pad = size - block.shape[0]
         block = jnp.concatenate([block, jnp.repeat(block[:1], pad, axis=0)])
-        positions = [block]
-        for layer in reversed(chain.layers):
-            if isinstance(layer, CNFLayer):
-                positions.append(
-                    _pull_back_chunk(layer.params, positions[-1], spec=chain.spec)
-                )
-            else:
-                positions.append(positions[-1])
-        positions.reverse()  # positions[i] is the input of layer i
-        energy = latent_energy(positions[0], chain.latent_mean, chain.latent_scale)
-        for i, layer in enumerate(chain.layers):
-            if isinstance(layer, CNFLayer):
-                energy = energy + _logdet_chunk(
-                    jax.random.fold_in(key, i),
-                    layer.params,
-                    positions[i],
-                    spec=chain.spec,
-                    divergence=chain.density_divergence,
-                )
-            elif isinstance(layer, DefensiveLayer):
-                energy = _defensive_update(
-                    energy, positions[i], layer, chain.latent_mean, chain.latent_scale
-                )
-            else:
-                log_g = _logdensity_chunk(chain.logdensity_fn, positions[i])
-                energy = energy_update(energy, log_g + energy, layer)
-        out.append(-energy[: size - pad])
+        out.append(_compose_log_prob(chain, block, key, _JITTED_OPS)[: size - pad])
     return jnp.concatenate(out)
+
+
+def traced_log_prob(chain: JKOChain, x, rng_key=None):
+    """:func:`log_prob` as one traceable function, for use inside ``jax.jit``.
+
+    The same composition without host-side chunking, so that it can run inside a
+    jitted MCMC step (:class:`numpyro_jko.flow_mala.JKOProposal`).  Calling
+    :func:`log_prob` from a ``jax.pure_callback`` instead deadlocks on a one-core
+    CPU: the callback waits for a computation that cannot be scheduled while the
+    outer one holds the executor.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro_jko.cnf import CNFSpec
+    >>> chain = JKOChain(lambda x: -0.5 * x @ x, CNFSpec(2, 8), jnp.zeros(2),
+    ...                  jnp.array(1.0))
+    >>> round(float(jax.jit(lambda x: traced_log_prob(chain, x))(jnp.zeros((1, 2)))[0]), 4)
+    -1.8379
+    """
+    key = jax.random.key(0) if rng_key is None else rng_key
+    return _compose_log_prob(chain, x, key, _TRACED_OPS)
+
+
+class _LayerOps(NamedTuple):
+    """How :func:`_compose_log_prob` runs each layer's piece: jitted per call
+    (host loop over chunks, compiled once per shape) or plain (inside a trace)."""
+
+    pull_back: Callable  # (params, y, spec) -> input of the CNF
+    log_det: Callable  # (key, params, x, spec, divergence) -> log det of the CNF
+    defensive_update: Callable  # defensive.energy_update
+    logdensity: Callable  # (logdensity_fn, x) -> log g
+
+
+def _compose_log_prob(chain, x, key, ops):
+    # Pull back through every CNF from the top, then accumulate the energy from
+    # the latent upward: each layer's update needs its own input point.
+    positions = [x]
+    for layer in reversed(chain.layers):
+        if isinstance(layer, CNFLayer):
+            positions.append(ops.pull_back(layer.params, positions[-1], chain.spec))
+        else:
+            positions.append(positions[-1])
+    positions.reverse()  # positions[i] is the input of layer i
+    energy = latent_energy(positions[0], chain.latent_mean, chain.latent_scale)
+    for i, layer in enumerate(chain.layers):
+        if isinstance(layer, CNFLayer):
+            energy = energy + ops.log_det(
+                jax.random.fold_in(key, i),
+                layer.params,
+                positions[i],
+                chain.spec,
+                chain.density_divergence,
+            )
+        elif isinstance(layer, DefensiveLayer):
+            energy = ops.defensive_update(
+                energy, positions[i], layer, chain.latent_mean, chain.latent_scale
+            )
+        else:
+            log_g = ops.logdensity(chain.logdensity_fn, positions[i])
+            energy = energy_update(energy, log_g + energy, layer)
+    return -energy
+
+
+_JITTED_OPS = _LayerOps(
+    pull_back=lambda params, y, spec: _pull_back_chunk(params, y, spec=spec),
+    log_det=lambda key, params, x, spec, div: _logdet_chunk(
+        key, params, x, spec=spec, divergence=div
+    ),
+    defensive_update=_defensive_update,
+    logdensity=_logdensity_chunk,
+)
+_TRACED_OPS = _LayerOps(
+    pull_back=lambda params, y, spec: cnf_lib.pull_back(spec, params, y),
+    log_det=lambda key, params, x, spec, div: cnf_lib.push_forward(
+        spec, params, x, div, key
+    )[1],
+    defensive_update=defensive.energy_update,
+    logdensity=eval_logdensity,
+)
 
 
 def layer_kind(layer) -> str:

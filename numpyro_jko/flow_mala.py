@@ -48,6 +48,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model
 from numpyro.util import identity, is_prng_key
 
+from numpyro_jko import chain as chain_lib
 from numpyro_jko import mala
 from numpyro_jko.evidence import Evidence, log_evidence
 from numpyro_jko.flows import (
@@ -416,53 +417,6 @@ class _JKOPool(NamedTuple):
     index: Array
 
 
-def _jko_log_prob_traced(chain, x):
-    """Normalized log density of a JKO chain, as a traceable function.
-
-    The same composition as :func:`numpyro_jko.jko.log_prob` (pull back through
-    every CNF layer, then accumulate the latent energy, each CNF's
-    log-determinant and each rejection layer's correction) without its host-side
-    chunking, so that it can run inside the jitted MCMC step. Calling
-    ``jko.log_prob`` from a ``jax.pure_callback`` instead deadlocks on a
-    one-core CPU: the callback waits for a computation that cannot be scheduled
-    while the outer one holds the executor.
-    """
-    from numpyro_jko import cnf as cnf_lib
-    from numpyro_jko import defensive
-    from numpyro_jko.chain import CNFLayer, eval_logdensity, latent_energy
-    from numpyro_jko.rejection import energy_update
-
-    positions = [x]
-    for layer in reversed(chain.layers):
-        if isinstance(layer, CNFLayer):
-            positions.append(cnf_lib.pull_back(chain.spec, layer.params, positions[-1]))
-        else:
-            positions.append(positions[-1])
-    positions.reverse()
-    energy = latent_energy(positions[0], chain.latent_mean, chain.latent_scale)
-    key = jax.random.key(0)
-    for i, layer in enumerate(chain.layers):
-        if isinstance(layer, CNFLayer):
-            energy = (
-                energy
-                + cnf_lib.push_forward(
-                    chain.spec,
-                    layer.params,
-                    positions[i],
-                    chain.density_divergence,
-                    jax.random.fold_in(key, i),
-                )[1]
-            )
-        elif isinstance(layer, defensive.DefensiveLayer):
-            energy = defensive.energy_update(
-                energy, positions[i], layer, chain.latent_mean, chain.latent_scale
-            )
-        else:
-            log_g = eval_logdensity(chain.logdensity_fn, positions[i])
-            energy = energy_update(energy, log_g + energy, layer)
-    return -energy
-
-
 @dataclasses.dataclass(frozen=True)
 class JKOProposal(GlobalProposal):
     """Global proposal from an importance-corrected neural JKO chain.
@@ -548,7 +502,7 @@ class JKOProposal(GlobalProposal):
 
         def log_prob(state, x):
             del state
-            return _jko_log_prob_traced(holder["chain"], x).astype(dtype)
+            return chain_lib.traced_log_prob(holder["chain"], x).astype(dtype)
 
         def update(rng_key, state, positions, iteration):
             del rng_key, positions, iteration
