@@ -167,17 +167,26 @@ class JKOChain(NamedTuple):
         (1, 3)
         >>> [round(v, 3) for v in chain.sampling_cost()]  # 1.2 ** 3 of each
         [1.728, 1.728]
+        >>> # The reference's mustache stack, C x 6 then [C R R R] x 6: about 221
+        >>> # solves per draw (neural_jko_ic.md, section 1.3).
+        >>> block = (CNFLayer(None),) + (RejectionLayer(0.0, 0.2),) * 3
+        >>> chain = chain._replace(layers=(CNFLayer(None),) * 6 + block * 6)
+        >>> round(chain.sampling_cost()[1])
+        221
         """
+        # Bottom up, per draw leaving each level: a CNF adds its one solve, a
+        # rejection layer multiplies everything below by the draws it consumes.
         latent, solves = 1.0, 0.0
         for k, layer in enumerate(self.layers):
             if isinstance(layer, CNFLayer):
-                solves += latent
+                solves += 1.0
             elif isinstance(layer, DefensiveLayer):
-                # A proposal draw costs a pull-back through every CNF below (a
-                # reverse solve, counted as one solve each).
+                # A proposal draw (counted as a latent draw) costs a pull-back
+                # through every CNF below (a reverse solve, counted as one each).
                 below = sum(isinstance(lay, CNFLayer) for lay in self.layers[:k])
                 w = float(layer.weight)
-                latent, solves = latent * (1 - w), solves * (1 - w) + w * below
+                latent = latent * (1 - w) + w
+                solves = solves * (1 - w) + w * below
             else:
                 factor = 1.0 + (float(layer.rbar) if rate is None else rate)
                 latent, solves = latent * factor, solves * factor
@@ -243,8 +252,22 @@ def _cnf_chunk(rng_key, params, x, energy, *, logdensity_fn, spec, divergence):
     return y, energy + logdet, eval_logdensity(logdensity_fn, y)
 
 
-@partial(jax.jit, static_argnames=("logdensity_fn", "spec", "divergence", "size"))
-def _base_chunk(rng_key, mean, scale, params, *, logdensity_fn, spec, divergence, size):
+@partial(
+    jax.jit,
+    static_argnames=("logdensity_fn", "spec", "divergence", "size", "defensive_layer"),
+)
+def _base_chunk(
+    rng_key,
+    mean,
+    scale,
+    params,
+    *,
+    logdensity_fn,
+    spec,
+    divergence,
+    size,
+    defensive_layer=None,
+):
     # The latent and every CNF under the first rejection layer in one program: no
     # host round trip between them, and the target is evaluated once, at the top
     # (each intermediate evaluation is wasted work, costly for expensive models).
@@ -253,6 +276,18 @@ def _base_chunk(rng_key, mean, scale, params, *, logdensity_fn, spec, divergence
     )
     x = mean + scale * constrain(eps)
     energy = latent_energy(x, mean, scale)
+    if defensive_layer is not None:
+        # A defensive mixture right over the latent: its density below is the
+        # latent's, known in closed form, so no pull-back is needed.
+        key_q = jax.random.fold_in(rng_key, -1 % 2**31)
+        x_q = defensive.proposal_sample(key_q, defensive_layer, mean, scale, size)
+        from_q = jax.random.bernoulli(
+            jax.random.fold_in(key_q, 1), defensive_layer.weight, (size,)
+        )
+        x = constrain(jnp.where(from_q[:, None], x_q, x))
+        energy = defensive.energy_update(
+            latent_energy(x, mean, scale), x, defensive_layer, mean, scale
+        )
     for i, layer_params in enumerate(params):
         x, logdet = cnf_lib.push_forward(
             spec, layer_params, x, divergence, jax.random.fold_in(rng_key, i + 1)
@@ -309,16 +344,22 @@ class _Stream:
     def _produce(self, need: int):
         chain, size = self.chain, self.size
         if self.below is None and self.level > 0:
-            # The fused bottom of the chain: latent and leading CNFs together.
+            # The fused bottom of the chain: latent, a defensive mixture right over
+            # it, and the leading CNFs together.
+            bottom = chain.layers[: self.level]
+            defensive_layer = None
+            if isinstance(bottom[0], DefensiveLayer):
+                defensive_layer, bottom = bottom[0], bottom[1:]
             return _base_chunk(
                 self._next_key(),
                 chain.latent_mean,
                 chain.latent_scale,
-                tuple(layer.params for layer in chain.layers[: self.level]),
+                tuple(layer.params for layer in bottom),
                 logdensity_fn=chain.logdensity_fn,
                 spec=chain.spec,
                 divergence=chain.density_divergence,
                 size=size,
+                defensive_layer=defensive_layer,
             )
         if self.level == 0:
             return _latent_chunk(
@@ -464,9 +505,11 @@ def draw(rng_key, chain: JKOChain, num_samples: int, chunk_size: int | None = No
     ((5, 2), (5,), (5,))
     """
     size = _chunk_shape(num_samples, chunk_size)
-    # Levels up to the first rejection layer form one fused stream.
-    base = 0
-    while base < len(chain.layers) and isinstance(chain.layers[base], CNFLayer):
+    # Levels up to the first rejection layer form one fused stream (with a
+    # defensive layer if it is the first, a mixture taken in the latent).
+    layers = chain.layers
+    base = 1 if layers and isinstance(layers[0], DefensiveLayer) else 0
+    while base < len(layers) and isinstance(layers[base], CNFLayer):
         base += 1
     stream = _Stream(chain, base, rng_key, size, None)
     for level in range(base + 1, len(chain.layers) + 1):

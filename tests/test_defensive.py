@@ -52,8 +52,15 @@ def test_mixture_density_integrates_to_one_and_matches_draws(key):
     np.testing.assert_allclose(log_prob(chain, x), -energy, rtol=1e-5, atol=1e-5)
 
 
-def test_fit_places_it_under_the_rejection_layers_and_keeps_every_contract(key):
+@pytest.mark.parametrize(
+    "position, kinds",
+    [("latent", ("D", "C", "R", "R", "R")), ("above_cnfs", ("C", "D", "R", "R", "R"))],
+)
+def test_fit_places_it_under_the_rejection_layers_and_keeps_every_contract(
+    key, position, kinds
+):
     config = jko.JKOConfig(
+        defensive_position=position,
         num_particles=2048,
         num_cnf=1,
         num_blocks=1,
@@ -68,9 +75,11 @@ def test_fit_places_it_under_the_rejection_layers_and_keeps_every_contract(key):
         return -0.5 * jnp.sum((x - 1.0) ** 2) / 0.25
 
     chain, info = jko.fit(key, logdensity_fn, 2, config, progress_bar=False)
-    assert info.layer_kinds == ("C", "D", "R", "R", "R")
+    assert info.layer_kinds == kinds
+    assert tuple(chain_lib.layer_kind(layer) for layer in chain.layers) == kinds
     x, energy, log_g = draw(jax.random.key(1), chain, 5000)
-    # Exact log densities at the draws (the proposal's through a pull-back).
+    # Exact log densities at the draws (above the CNFs the proposal's come
+    # through a pull-back; in the latent, through the CNFs' log-determinants).
     np.testing.assert_allclose(log_prob(chain, x[:512]), -energy[:512], atol=1e-4)
     # Same key, same draws; save and load, same draws and densities.
     again = draw(jax.random.key(1), chain, 5000)
@@ -88,7 +97,15 @@ def test_fit_places_it_under_the_rejection_layers_and_keeps_every_contract(key):
     assert abs(log_z - np.log(2 * np.pi * 0.25)) < 5 * se
 
 
-@pytest.mark.parametrize("bad", [{"defensive_weight": 1.0}, {"defensive_df": 0.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"defensive_weight": 1.0},
+        {"defensive_df": 0.0},
+        {"defensive_scale": -1.0},
+        {"defensive_position": "top"},
+    ],
+)
 def test_bad_defensive_settings_fail_before_training(bad):
     with pytest.raises(ValueError, match="defensive"):
         jko.fit(jax.random.key(0), lambda x: -x @ x, 2, jko.JKOConfig(**bad))
