@@ -1,9 +1,11 @@
 """How far could reweighting go from a trained chain's CNFs, with or without a wide component?
 
 Loads a chain kept by ``paper_targets.py --chain-dir DIR``, draws 100 000 proposals
-from its plain CNFs, or from the mixture ``(1 - w) p_CNF + w q`` with ``q`` the
-latent Gaussian or a Student-t over it (the defensive layer's proposal,
-``numpyro_jko.defensive``), resamples 20 000 of them by importance weight (SIR)
+from its plain CNFs, from the mixture ``(1 - w) p_CNF + w q`` with ``q`` a
+Student-t over the latent (the defensive layer's proposal above the CNFs,
+``numpyro_jko.defensive``), and from the CNFs over the mixture ``(1 - w) N + w q``
+taken in the latent (the defensive layer's default place), resamples 20 000 of
+each by importance weight (SIR)
 and prints the weights' ESS, the IS ``log Z`` and the energy distance of the
 resampled draws against exact ones.  SIR is not what the chain does (its rejection
 layers raise a region's density at most ``1 + rate`` times each); it bounds what
@@ -12,8 +14,7 @@ any reweighting of that proposal can reach:
     python benchmarks/paper_targets.py --config default --targets mustache --chain-dir chains
     python benchmarks/tail_sir.py mustache chains/mustache_default_seed0.pkl --weight 0.1 --df 3
 
-``--df 0`` uses the Gaussian latent itself as ``q``.  Results:
-``benchmarks/results/jko_levers.md`` (session 9).
+Results: ``benchmarks/results/jko_levers.md`` (sessions 9 and 10).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main():
     parser.add_argument("chain", help="a pickle written by paper_targets --chain-dir")
     parser.add_argument("--weight", type=float, default=0.1)
     parser.add_argument("--df", type=float, default=3.0)
+    parser.add_argument("--scale", type=float, default=1.0, help="q's scale / latent's")
     parser.add_argument("--pool", type=int, default=100_000)
     parser.add_argument("--num", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -53,56 +55,35 @@ def main():
     with open(args.chain, "rb") as f:
         saved = pickle.load(f)
     chain = chain_lib.chain_from_dict(saved["chain"], target.logdensity_fn)
-    cnfs = chain._replace(layers=chain.layers[: saved["layers"].index("R")])
-    mean, scale = chain.latent_mean, chain.latent_scale
+    # The plain CNFs: every CNF under the first rejection layer (a kept chain may
+    # have a defensive layer among them, which is left out here).
+    first_r = saved["layers"].index("R")
+    cnf_layers = tuple(
+        lay for lay in chain.layers[:first_r] if isinstance(lay, chain_lib.CNFLayer)
+    )
+    layer = defensive.DefensiveLayer(args.weight, args.df, args.scale)
+    proposals = {
+        "CNFs": cnf_layers,
+        f"{1 - args.weight:g} CNFs + {args.weight:g} q over them": cnf_layers
+        + (layer,),
+        f"CNFs over {1 - args.weight:g} latent + {args.weight:g} q": (layer,)
+        + cnf_layers,
+    }
     exact = target.sample(jax.random.key(10 * args.seed + 7), args.num)
-
-    x_c, e_c, lg_c = (
-        jnp.asarray(a)
-        for a in jko.draw(jax.random.key(10 * args.seed + 1), cnfs, args.pool)
+    print(
+        f"{args.target}: latent scale {jnp.round(chain.latent_scale, 2)}; "
+        f"q: Student-t df {args.df:g}, scale x {args.scale:g}"
     )
-    if args.df > 0:
-        layer = defensive.DefensiveLayer(args.weight, args.df)
-        x_q = defensive.proposal_sample(
-            jax.random.key(10 * args.seed + 2), layer, mean, scale, args.pool
-        )
-
-        def log_q(x):
-            return defensive.proposal_logpdf(x, layer, mean, scale)
-    else:
-        x_q = mean + scale * jax.random.normal(
-            jax.random.key(10 * args.seed + 2), (args.pool, target.dim)
-        )
-
-        def log_q(x):
-            return -chain_lib.latent_energy(x, mean, scale)
-
-    lp_c_at_q = chain_lib.log_prob(cnfs, x_q)
-    from_q = (
-        jax.random.uniform(jax.random.key(10 * args.seed + 3), (args.pool,))
-        < args.weight
-    )
-    x = jnp.where(from_q[:, None], x_q, x_c)
-    log_p_cnf = jnp.where(from_q, lp_c_at_q, -e_c)
-    log_mix = jnp.logaddexp(
-        jnp.log1p(-args.weight) + log_p_cnf, jnp.log(args.weight) + log_q(x)
-    )
-    log_g = jnp.where(
-        from_q, chain_lib.eval_logdensity(target.logdensity_fn, x_q), lg_c
-    )
-
-    print(f"{args.target}: latent scale {jnp.round(scale, 2)}")
     print("| proposal | ESS / pool | log Z | ED (SIR) |\n|---|---|---|---|")
-    for name, xs, log_w in (
-        ("CNFs", x_c, lg_c + e_c),
-        (
-            f"{1 - args.weight:g} CNFs + {args.weight:g} q (df {args.df:g})",
-            x,
-            log_g - log_mix,
-        ),
-    ):
+    for name, layers in proposals.items():
+        x, energy, log_g = jko.draw(
+            jax.random.key(10 * args.seed + 1), chain._replace(layers=layers), args.pool
+        )
         resampled, ess, log_z = sir(
-            xs, log_w, jax.random.key(10 * args.seed + 4), args.num
+            jnp.asarray(x),
+            jnp.asarray(log_g + energy),
+            jax.random.key(10 * args.seed + 4),
+            args.num,
         )
         ed = float(
             metrics.energy_distance(
