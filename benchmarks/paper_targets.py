@@ -65,7 +65,10 @@ PRESETS: dict[str, dict] = {
     # default's tempered latent, spread (1.25, 5.4), under the same five CNFs
     # reaches 1.2e-2, and the default of session 7 (steps from the score rule,
     # growth 2, up to 18 rejection layers) 1.5e-2.  Growth 4 reaches 9.1e-3 in
-    # 214 s (run M1 of session 9 in jko_levers.md; a defensive layer did not help).
+    # 214 s (run M1 of session 9 in jko_levers.md; a defensive layer over the CNFs
+    # did not help).  A defensive layer in the latent (weight 0.3) under the same
+    # CNFs, with all 30 rejection layers kept, reaches 1.9e-3 on 50 000 draws in
+    # 221 s (session 10, benchmarks/results/paper_targets_mustache_defensive.md).
     "mustache": {
         "tau_growth": 4.0,
         "defensive_weight": 0.3,

@@ -23,10 +23,11 @@ trained, in one of two places (``JKOConfig.defensive_position``):
   latent and pushed through the CNFs.  ``p_in`` is the Gaussian latent, known in
   closed form, so a draw costs nothing extra; and the CNFs, being deterministic
   maps, keep the chain's density exact while they carry the proposal's tails out
-  along the geometry they learned.  Measured by importance resampling of the
-  trained CNFs (``benchmarks/results/jko_levers.md``, session 10): mustache energy
-  distance 5e-4 against 7e-3 for the same ``q`` over the CNFs; funnel-10 2.4e-3
-  against 2.0e-3, with almost no draws where ``log g`` is hopeless.
+  along the geometry they learned.  Measured with weight 0.1 and the same CNFs
+  (``benchmarks/results/jko_levers.md`` and
+  ``paper_targets_funnel10_defensive.md``, session 10): energy distance 6.3e-3
+  against 1.0e-2 over the CNFs on the mustache, 3.8e-3 against 4.7e-3 on
+  funnel-10, whose draws then cost a third as much.
 * ``"above_cnfs"``: over the CNFs.  A draw of ``q`` then needs ``p_in`` at that
   point, a pull-back through the CNFs (:func:`numpyro_jko.chain.log_prob`), and
   lands in the latent's coordinates, where the target may be far away (funnel-10:
