@@ -275,19 +275,19 @@ def _base_chunk(
         jax.random.fold_in(rng_key, 0), (size, spec.dim), dtype=mean.dtype
     )
     x = mean + scale * constrain(eps)
-    energy = latent_energy(x, mean, scale)
     if defensive_layer is not None:
         # A defensive mixture right over the latent: its density below is the
-        # latent's, known in closed form, so no pull-back is needed.
+        # latent's, known in closed form, so no pull-back is needed.  (Its key is
+        # a fold apart from the latent's, 0, and the CNFs', 1 and up.)
         key_q = jax.random.fold_in(rng_key, -1 % 2**31)
         x_q = defensive.proposal_sample(key_q, defensive_layer, mean, scale, size)
         from_q = jax.random.bernoulli(
             jax.random.fold_in(key_q, 1), defensive_layer.weight, (size,)
         )
         x = constrain(jnp.where(from_q[:, None], x_q, x))
-        energy = defensive.energy_update(
-            latent_energy(x, mean, scale), x, defensive_layer, mean, scale
-        )
+    energy = latent_energy(x, mean, scale)
+    if defensive_layer is not None:
+        energy = defensive.energy_update(energy, x, defensive_layer, mean, scale)
     for i, layer_params in enumerate(params):
         x, logdet = cnf_lib.push_forward(
             spec, layer_params, x, divergence, jax.random.fold_in(rng_key, i + 1)

@@ -672,6 +672,7 @@ def fit(
         for layer_index, kind in enumerate(plan):
             t_layer = time.perf_counter()
             key_layer = jax.random.fold_in(key_train, layer_index)
+            at = len(kinds)  # where this layer's records go (the chain's order)
             if kind == "C" and plain_done and cnf_index < config.num_cnf:
                 # An earlier plain step stalled (see below): skip the rest.
                 meter.update(config.iterations_of(cnf_index), layer="skip")
@@ -690,9 +691,8 @@ def fit(
                     # Under the trained CNFs: they are deterministic maps, so the
                     # chain stays exact, and they carry the proposal's tails along
                     # the geometry they learned (see numpyro_jko.defensive).
-                    layers.insert(0, layer)
-                else:
-                    layers.append(layer)
+                    at = 0
+                layers.insert(at, layer)
                 chain = chain._replace(layers=tuple(layers))
                 # The rejection layer above is fitted on these fresh draws.
                 x, energy, log_g = _fresh_particles(key_layer, chain, config)
@@ -821,9 +821,6 @@ def fit(
                 )
             # Per-layer records follow the chain's order, bottom first: a
             # defensive layer in the latent goes under the CNFs trained before it.
-            at = len(kinds)
-            if kind == "D" and config.defensive_position == "latent":
-                at = 0
             kinds.insert(at, kind)
             if kind == "R":
                 elbo.insert(at, _elbo_after(layer, log_g, energy, weights))
