@@ -10,7 +10,10 @@ behind the levers tried on GMM-10 (``benchmarks/results/jko_levers.md``):
         '{"num_cnf": 6, "num_iterations": 500, "tau0": 0.0025, "tau_growth": 2.0, "num_blocks": 6}' \
         --num-draws 5000
 
-Results are appended to ``--out`` (one section per run).  Run it alone.
+A divergence estimator is given by its fields, e.g.
+``'{"density_divergence": {"num_probes": 5, "per_stage": true}}'`` is
+``Hutchinson(5, per_stage=True)``.  Results are appended to ``--out`` (one section
+per run).  Run it alone.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import jax
 import numpy as np
 from paper_targets import make_target  # same directory: the targets by name
 
-from numpyro_jko import evidence, jko, metrics
+from numpyro_jko import cnf, evidence, jko, metrics
+
+DIVERGENCES = ("train_divergence", "density_divergence")
 
 
 def main():
@@ -38,7 +43,12 @@ def main():
 
     target = make_target(args.target)
     overrides = json.loads(args.config)
-    config = jko.JKOConfig()._replace(**overrides)
+    config = jko.JKOConfig()._replace(
+        **{
+            k: cnf.Hutchinson(**v) if k in DIVERGENCES else v
+            for k, v in overrides.items()
+        }
+    )
     lines = [f"## {args.target}, `{json.dumps(overrides)}`, {args.num_draws} draws", ""]
     start = time.perf_counter()
     chain, info = jko.fit(

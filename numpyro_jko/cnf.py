@@ -161,8 +161,8 @@ class ExactTrace(NamedTuple):
         """
         return False
 
-    def __call__(self, f, z, probe):
-        del probe
+    def __call__(self, f, z, probe, t=None):
+        del probe, t
         dim = z.shape[-1]
         v, f_jvp = jax.linearize(f, z)
         eye = jnp.eye(dim, dtype=z.dtype)
@@ -174,13 +174,23 @@ class ExactTrace(NamedTuple):
 class Hutchinson(NamedTuple):
     """Hutchinson estimate ``eps^T (dv/dz) eps`` with Rademacher probes (one JVP each).
 
-    Unbiased for the divergence, so gradients of the JKO loss stay unbiased; the
-    probe is drawn once per solve and held along the trajectory (FFJORD style).
+    Unbiased for the divergence, so gradients of the JKO loss stay unbiased.  By
+    default the probe is drawn once per solve and held along the trajectory (FFJORD
+    style).  With ``per_stage=True`` fresh probes are drawn at every stage time of
+    the solver instead.  That stays unbiased: the trajectory does not depend on the
+    probes, and the integrated log-determinant is a fixed linear combination
+    ``sum_s w_s div_s`` of the stage divergences.  But the noise no longer adds up
+    coherently along the path: where the Jacobian changes little, its variance falls
+    from ``(sum_s w_s)^2 = 1`` to ``sum_s w_s^2`` times the one-stage variance, which
+    is 0.135 for RK4 with 4 steps (the two midpoint stages share a time, and so a
+    probe).  The noise is then about 2.7 times smaller, at no extra JVPs.
 
     Parameters
     ----------
     num_probes : int
-        Probes averaged per particle.
+        Probes averaged per particle (per stage time with ``per_stage``).
+    per_stage : bool
+        Draw fresh probes at every solver stage time instead of holding one.
 
     Examples
     --------
@@ -190,12 +200,17 @@ class Hutchinson(NamedTuple):
     >>> v, div = est(lambda z: 2.0 * z, jnp.ones((3, 4)), probe)
     >>> div.tolist()  # exact for a multiple of the identity
     [8.0, 8.0, 8.0]
+    >>> staged = Hutchinson(2, per_stage=True)
+    >>> seed = staged.draw_probe(jax.random.key(0), (3, 4), jnp.float32)
+    >>> staged(lambda z: 2.0 * z, jnp.ones((3, 4)), seed, t=0.5)[1].tolist()
+    [8.0, 8.0, 8.0]
     """
 
     num_probes: int = 1
+    per_stage: bool = False
 
     def needs_probe(self) -> bool:
-        """True: each estimate needs ``num_probes`` Rademacher probe vectors.
+        """True: each estimate needs Rademacher probe vectors (or a key for them).
 
         Examples
         --------
@@ -205,7 +220,8 @@ class Hutchinson(NamedTuple):
         return True
 
     def draw_probe(self, rng_key, shape, dtype):
-        """Rademacher probes of shape ``(num_probes, *shape)``.
+        """Rademacher probes of shape ``(num_probes, *shape)``, or, with
+        ``per_stage``, the key the probes of every stage time are derived from.
 
         Examples
         --------
@@ -213,9 +229,20 @@ class Hutchinson(NamedTuple):
         >>> Hutchinson(2).draw_probe(jax.random.key(0), (5, 3), jnp.float32).shape
         (2, 5, 3)
         """
+        if self.per_stage:
+            return rng_key
         return jax.random.rademacher(rng_key, (self.num_probes, *shape), dtype=dtype)
 
-    def __call__(self, f, z, probe):
+    def __call__(self, f, z, probe, t=None):
+        if self.per_stage:
+            if t is None:
+                raise ValueError("Hutchinson(per_stage=True) needs the stage time t.")
+            # Stage times of a fixed grid are multiples of 1/(2 num_steps): rounding
+            # t * 2^16 names each one with its own integer, hence its own probe.
+            stage = jnp.round(jnp.asarray(t, jnp.float32) * 65536.0).astype(jnp.int32)
+            probe = jax.random.rademacher(
+                jax.random.fold_in(probe, stage), (self.num_probes, *z.shape), z.dtype
+            )
         v, f_jvp = jax.linearize(f, z)
         jvps = jax.vmap(f_jvp)(probe)
         return v, jnp.mean(jnp.sum(probe * jvps, axis=-1), axis=0)
@@ -323,7 +350,8 @@ def integrate_with_kinetic(spec: CNFSpec, params, x, divergence, probe=None):
     x : Array, shape (n, d)
     divergence : ExactTrace or Hutchinson
     probe : Array, optional
-        Hutchinson probes, shape ``(num_probes, n, d)``.
+        Hutchinson probes, shape ``(num_probes, n, d)``, or the key of per-stage
+        probes (``Hutchinson(per_stage=True)``).
 
     Returns
     -------
@@ -341,7 +369,7 @@ def integrate_with_kinetic(spec: CNFSpec, params, x, divergence, probe=None):
 
     def vector_field(t, y, args):
         z = y[0]
-        v, div = divergence(lambda zz: velocity(spec, params, t, zz), z, probe)
+        v, div = divergence(lambda zz: velocity(spec, params, t, zz), z, probe, t)
         return v, jnp.sum(v * v, axis=-1), div
 
     zeros = jnp.zeros(x.shape[:-1], x.dtype)

@@ -125,7 +125,14 @@ class JKOConfig(NamedTuple):
         log-determinants up to ``exact_density_max_dim``.
     exact_density_max_dim : int
         Up to this dimension, draws carry the exact log-determinant of each CNF
-        map; above it a 5-probe Hutchinson divergence is integrated (noisy densities).
+        map; above it ``density_divergence`` is integrated (noisy densities).
+    density_divergence : Hutchinson or None
+        Estimator of the log-determinants draws carry above
+        ``exact_density_max_dim``; ``None`` is ``Hutchinson(5)``, one probe held
+        along each solve.  The rejection layers accept on ``log g - log p``, so this
+        noise matters: ``Hutchinson(5, per_stage=True)`` draws fresh probes at every
+        stage time, same cost, noise measured in
+        ``benchmarks/results/hutchinson_noise.md``.
     optimizer : optax.GradientTransformation or None
         ``None``: Adam with learning rate ``learning_rate`` decayed exponentially
         (staircase every 100 steps) to ``final_lr_fraction`` of it at the end.
@@ -222,6 +229,7 @@ class JKOConfig(NamedTuple):
     num_steps: int = 4
     train_divergence: Any = None
     exact_density_max_dim: int = 32
+    density_divergence: Any = None
     optimizer: Any = None
     learning_rate: float = 5e-3
     final_lr_fraction: float = 0.1
@@ -587,7 +595,9 @@ def fit(
         num_steps=config.num_steps,
     )
     train_divergence = config.train_divergence or Hutchinson(1)
-    density_divergence = None if dim <= config.exact_density_max_dim else Hutchinson(5)
+    density_divergence = None
+    if dim > config.exact_density_max_dim:
+        density_divergence = config.density_divergence or Hutchinson(5)
     chain = JKOChain(
         logdensity_fn=logdensity_fn,
         spec=spec,

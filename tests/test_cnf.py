@@ -84,3 +84,31 @@ def test_fresh_layer_is_identity(key):
     y, logdet = cnf.push_forward(spec, params, x)
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(logdet, 0.0)
+
+
+def test_per_stage_hutchinson_is_unbiased_and_less_noisy(key):
+    # Along a whole solve: the held probe and fresh probes per stage time are both
+    # unbiased for the exact log-determinant, and per stage is the less noisy one
+    # (its variance is about sum_s w_s^2 = 0.135 of the held one's for RK4 x 4).
+    dim, reps = 8, 400
+    spec = cnf.CNFSpec(dim=dim, hidden=24)
+    params = _random_params(spec, 0.3)
+    x = jnp.broadcast_to(jax.random.normal(key, (1, dim)), (reps, dim))
+    _, exact = cnf.push_forward(spec, params, x[:1])
+    spread = {}
+    for per_stage in (False, True):
+        est = cnf.Hutchinson(1, per_stage=per_stage)
+        _, logdet = jax.jit(lambda p, x, k: cnf.push_forward(spec, p, x, est, k))(
+            params, x, jax.random.fold_in(key, 1)
+        )
+        se = float(jnp.std(logdet)) / np.sqrt(reps)
+        assert abs(float(jnp.mean(logdet) - exact[0])) < 5 * se + 1e-6
+        spread[per_stage] = float(jnp.std(logdet))
+    assert spread[True] < 0.7 * spread[False]
+
+
+def test_per_stage_hutchinson_needs_the_time():
+    est = cnf.Hutchinson(1, per_stage=True)
+    probe = est.draw_probe(jax.random.key(0), (2, 3), jnp.float32)
+    with pytest.raises(ValueError, match="stage time"):
+        est(lambda z: z, jnp.ones((2, 3)), probe)
