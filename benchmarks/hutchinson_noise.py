@@ -6,9 +6,9 @@ preset's CNFs (no rejection layers), pushes 2 000 latent draws through them, and
 compares, layer by layer, Hutchinson log-determinants (5 probes held along the
 solve, the default; 5 and 10 probes drawn fresh at every stage time) with the
 exact one of the solver map (``jacfwd``): the noise each CNF adds, the noise
-accumulated over the CNFs, and the time of each on the same draws.  The rejection layers accept on
-``log g - log p``; noise in ``log p`` comparable to the mode-weight errors they
-should correct makes them select on noise instead.
+accumulated over the CNFs, and the time of each on the same draws.  The
+rejection layers accept on ``log g - log p``; noise in ``log p`` comparable to
+the mode-weight errors they should correct makes them select on noise instead.
 
     python benchmarks/hutchinson_noise.py      # about 10 minutes; run it alone
 
@@ -76,8 +76,11 @@ def main(num_draws: int = 2000, seed: int = 0):
         t0 = time.perf_counter()
         y, logdet = exact(layer.params, x)
         logdet.block_until_ready()
-        cells = [f"{index + 1}", f"{float(logdet.std()):.3f}"]
-        cells.append(f"{time.perf_counter() - t0:.2f}")
+        cells = [
+            f"{index + 1}",
+            f"{float(logdet.std()):.3f}",
+            f"{time.perf_counter() - t0:.2f}",
+        ]
         for name, fn in probed.items():
             t0 = time.perf_counter()
             _, logdet_probe = fn(layer.params, x, jax.random.key(100 + index))

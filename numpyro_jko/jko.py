@@ -131,8 +131,8 @@ class JKOConfig(NamedTuple):
         ``exact_density_max_dim``; ``None`` is ``Hutchinson(5)``, one probe held
         along each solve.  The rejection layers accept on ``log g - log p``, so this
         noise matters: ``Hutchinson(5, per_stage=True)`` draws fresh probes at every
-        stage time, same cost, noise measured in
-        ``benchmarks/results/hutchinson_noise.md``.
+        stage time: about a third of the accumulated noise at d = 50 for about
+        20 % more time per solve (``benchmarks/results/hutchinson_noise.md``).
     optimizer : optax.GradientTransformation or None
         ``None``: Adam with learning rate ``learning_rate`` decayed exponentially
         (staircase every 100 steps) to ``final_lr_fraction`` of it at the end.

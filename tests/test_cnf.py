@@ -94,7 +94,7 @@ def test_per_stage_hutchinson_is_unbiased_and_less_noisy(key):
     spec = cnf.CNFSpec(dim=dim, hidden=24)
     params = _random_params(spec, 0.3)
     x = jnp.broadcast_to(jax.random.normal(key, (1, dim)), (reps, dim))
-    _, exact = cnf.push_forward(spec, params, x[:1])
+    _, exact = jax.jit(lambda p, x: cnf.push_forward(spec, p, x))(params, x[:1])
     spread = {}
     for per_stage in (False, True):
         est = cnf.Hutchinson(1, per_stage=per_stage)
