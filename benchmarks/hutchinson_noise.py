@@ -4,8 +4,8 @@ Above ``JKOConfig.exact_density_max_dim`` (32) a draw's log density integrates a
 5-probe Hutchinson divergence through each CNF.  This script trains the GMM-50
 preset's CNFs (no rejection layers), pushes 2 000 latent draws through them, and
 compares, layer by layer, Hutchinson log-determinants (5 probes held along the
-solve, the default; 5 and 10 probes drawn fresh at every stage time) with the
-exact one of the solver map (``jacfwd``): the noise each CNF adds, the noise
+solve; 5, the default since session 15, and 10 drawn fresh at every stage time)
+with the exact one of the solver map (``jacfwd``): the noise each CNF adds, the noise
 accumulated over the CNFs, and the time of each on the same draws.  The
 rejection layers accept on ``log g - log p``; noise in ``log p`` comparable to
 the mode-weight errors they should correct makes them select on noise instead.

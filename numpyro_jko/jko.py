@@ -128,11 +128,13 @@ class JKOConfig(NamedTuple):
         map; above it ``density_divergence`` is integrated (noisy densities).
     density_divergence : Hutchinson or None
         Estimator of the log-determinants draws carry above
-        ``exact_density_max_dim``; ``None`` is ``Hutchinson(5)``, one probe held
-        along each solve.  The rejection layers accept on ``log g - log p``, so this
-        noise matters: ``Hutchinson(5, per_stage=True)`` draws fresh probes at every
-        stage time: about a third of the accumulated noise at d = 50 for about
-        20 % more time per solve (``benchmarks/results/hutchinson_noise.md``).
+        ``exact_density_max_dim``; ``None`` is ``Hutchinson(5, per_stage=True)``,
+        five probes drawn fresh at every stage time of the solver.  The rejection
+        layers accept on ``log g - log p``, so this noise matters: per stage, it is
+        about a third of that of probes held along the solve (``Hutchinson(5)``)
+        after five CNFs at d = 50, for about 20 % more time per solve
+        (``benchmarks/results/hutchinson_noise.md``), and on GMM-50 it took
+        ``log Z`` from +0.88 (held) to +0.08 (``benchmarks/results/jko_levers.md``).
     optimizer : optax.GradientTransformation or None
         ``None``: Adam with learning rate ``learning_rate`` decayed exponentially
         (staircase every 100 steps) to ``final_lr_fraction`` of it at the end.
@@ -599,7 +601,7 @@ def fit(
     train_divergence = config.train_divergence or Hutchinson(1)
     density_divergence = None
     if dim > config.exact_density_max_dim:
-        density_divergence = config.density_divergence or Hutchinson(5)
+        density_divergence = config.density_divergence or Hutchinson(5, per_stage=True)
     chain = JKOChain(
         logdensity_fn=logdensity_fn,
         spec=spec,
