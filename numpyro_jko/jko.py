@@ -317,9 +317,9 @@ class JKOInfo(NamedTuple):
         ``mean(log g - log p)`` on the training particles after each layer
         (``log Z - KL``; rises toward ``log Z``).  After a CNF whose training
         particles were pushed on (``reuse_particles``) it is in-sample, hence
-        optimistic by the CNF's overfit (several nats at d = 50).  A defensive layer in the latent
-        is listed first, like its layer, but its ELBO is that of the chain
-        when it was added, over the CNFs trained before it.
+        optimistic by the CNF's overfit (several nats at d = 50).  A defensive
+        layer in the latent is listed first, like its layer, but its ELBO is that
+        of the chain when it was added, over the CNFs trained before it.
     log_c, rbar : tuple of float
         Constants of each rejection layer.
     layer_seconds : tuple of float
