@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from numpyro_jko import targets
+from numpyro_jko import metrics, targets
 
 # GMM-50 preset, weights of 2 000 draws through its eight CNFs (jko_levers.md).
 PRESET_CNF_WEIGHTS = (
@@ -35,8 +35,7 @@ def nearest_mode_masses(modes, scale, num_draws, seed):
     # Monte Carlo masses of the Voronoi cells of the modes under N(0, scale^2 I).
     rng = np.random.default_rng(seed)
     z = scale * rng.standard_normal((num_draws, modes.shape[1]))
-    dist = ((z[:, None, :] - modes[None]) ** 2).sum(-1)
-    return np.bincount(dist.argmin(1), minlength=len(modes)) / num_draws
+    return np.asarray(metrics.mode_weights(z, modes))
 
 
 def main():
